@@ -1,0 +1,1 @@
+"""spamops command line: the local stack, ingestion and user commands"""

@@ -1,0 +1,1 @@
+"""spamops email parsing and the feature pipeline shared by training and inference"""

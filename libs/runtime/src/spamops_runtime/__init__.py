@@ -1,0 +1,1 @@
+"""spamops shared runtime: Kafka wiring, dead letters, settings, JSON logs, metrics"""

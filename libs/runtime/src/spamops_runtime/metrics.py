@@ -1,0 +1,37 @@
+"""Prometheus metrics shared by every service's Kafka wiring."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+EVENTS_CONSUMED = Counter(
+    "spamops_events_consumed_total",
+    "Records handled successfully, by topic and event type.",
+    ["service", "topic", "event_type"],
+)
+EVENTS_PUBLISHED = Counter(
+    "spamops_events_published_total",
+    "Events published, by topic and event type.",
+    ["service", "topic", "event_type"],
+)
+DEAD_LETTERS = Counter(
+    "spamops_dead_letters_total",
+    "Records sent to a dead-letter topic, by source topic and reason.",
+    ["service", "topic", "reason"],
+)
+HANDLER_RETRIES = Counter(
+    "spamops_handler_retries_total",
+    "Handler attempts that failed and were retried.",
+    ["service", "topic"],
+)
+HANDLER_SECONDS = Histogram(
+    "spamops_handler_seconds",
+    "Time spent in a handler per record.",
+    ["service", "topic"],
+)
+
+
+def start_metrics_server(port: int, host: str = "127.0.0.1") -> None:
+    """Serve /metrics on ``host:port`` in a background thread (port 0 = disabled)."""
+    if port:
+        start_http_server(port, addr=host)

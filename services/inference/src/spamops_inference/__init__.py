@@ -1,0 +1,1 @@
+"""spamops inference service: emails.inbox -> features -> Triton -> emails.verdicts"""

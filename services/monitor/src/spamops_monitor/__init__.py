@@ -1,0 +1,1 @@
+"""spamops monitor service: Evidently drift windows, live quality, DriftDetected"""

@@ -1,0 +1,1 @@
+"""spamops registry-bridge service: gate, MLflow registry, ONNX export, Triton deployment, promotion"""

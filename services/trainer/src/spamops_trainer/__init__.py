@@ -1,0 +1,1 @@
+"""spamops trainer service: DatasetReady -> Ray Tune + XGBoost -> MLflow -> ModelTrained"""

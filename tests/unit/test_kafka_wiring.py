@@ -1,0 +1,104 @@
+"""The shared Kafka wiring against FastStream's in-memory broker.
+
+The same scenarios run against the real broker in
+tests/integration/test_kafka_wiring.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from faststream.kafka import KafkaBroker, TestKafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from spamops_runtime.kafka import (
+    H_CORRELATION_ID,
+    H_ERROR_FIELD,
+    H_ERROR_REASON,
+    H_ORIGINAL_TOPIC,
+    RecordContext,
+    RejectRecord,
+    publish_event,
+    subscribe_events,
+)
+from spamops_runtime.settings import PlatformSettings, ServiceSettings
+from spamops_schemas import PromotionApproved
+
+TOPIC = "models.promotion-approved"
+
+
+def _wire(received: list[Any], *, fail_with: Exception | None = None) -> tuple[KafkaBroker, list[Any]]:
+    settings = ServiceSettings(max_attempts=2, retry_backoff_seconds=0.01)
+    broker = KafkaBroker(PlatformSettings().kafka_bootstrap)
+    dead: list[Any] = []
+
+    async def handler(event: PromotionApproved, record: RecordContext) -> None:
+        if fail_with is not None:
+            raise fail_with
+        received.append((event, record))
+
+    subscribe_events(
+        broker, topic=TOPIC, event_cls=PromotionApproved, handler=handler,
+        settings=settings, service="test",
+    )
+
+    @broker.subscriber(TOPIC + ".dlq")
+    async def on_dead(message: KafkaMessage) -> None:
+        dead.append(message)
+
+    return broker, dead
+
+
+async def _settle() -> None:
+    await asyncio.sleep(0.05)
+
+
+async def test_typed_event_reaches_handler_with_key_and_headers() -> None:
+    received: list[Any] = []
+    broker, dead = _wire(received)
+    async with TestKafkaBroker(broker) as br:
+        event = PromotionApproved(model_name="spam-detector", version=2, approved_by="alice")
+        await publish_event(br, event)
+        await _settle()
+    assert len(received) == 1 and not dead
+    got, record = received[0]
+    assert got == event
+    assert record.key == "spam-detector"
+    assert record.headers[H_CORRELATION_ID] == event.correlation_id
+
+
+async def test_invalid_event_goes_to_dlq_unchanged_with_reason() -> None:
+    received: list[Any] = []
+    broker, dead = _wire(received)
+    raw = b'{"model_name": "spam-detector", "approved_by": "alice"}'
+    async with TestKafkaBroker(broker) as br:
+        await br.publish(raw, topic=TOPIC, key=b"k")
+        await br.publish(b"\x00garbage", topic=TOPIC, key=b"k")
+        await _settle()
+    assert not received
+    assert len(dead) == 2
+    assert dead[0].body == raw
+    assert dead[0].headers[H_ERROR_REASON] == "invalid-field"
+    assert dead[0].headers[H_ERROR_FIELD] == "version"
+    assert dead[0].headers[H_ORIGINAL_TOPIC] == TOPIC
+    assert dead[1].headers[H_ERROR_REASON] == "invalid-json"
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [(RejectRecord("unknown-version", "no version 9"), "unknown-version"),
+     (RuntimeError("boom"), "handler-error")],
+)
+async def test_failing_handler_is_dead_lettered_and_stream_goes_on(
+    error: Exception, reason: str
+) -> None:
+    received: list[Any] = []
+    broker, dead = _wire(received, fail_with=error)
+    async with TestKafkaBroker(broker) as br:
+        for version in (1, 2):
+            await publish_event(
+                br, PromotionApproved(model_name="m", version=version, approved_by="a")
+            )
+        await _settle()
+    assert [d.headers[H_ERROR_REASON] for d in dead] == [reason, reason]

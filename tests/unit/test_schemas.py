@@ -1,0 +1,156 @@
+"""Event contracts: round trips, upcasting, typed errors, generated JSON Schema."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from uuid import uuid4
+
+import pytest
+from spamops_schemas import (
+    ALL_EVENTS,
+    DatasetReady,
+    EmailLabeled,
+    EventValidationError,
+    InvalidJSONError,
+    PromotionApproved,
+    SplitCounts,
+    UnknownEventTypeError,
+    UnsupportedSchemaVersionError,
+    catalogue,
+    decode_event,
+    topic_for_event,
+)
+from spamops_schemas.jsonschema import default_dir, render_all
+
+
+def _dataset() -> DatasetReady:
+    return DatasetReady(
+        producer="test",
+        dataset_id="ds-1",
+        uri="file:///tmp/x.parquet",
+        sha256="ab" * 32,
+        rows=3,
+        counts_by_label={"spam": 1, "ham": 2},
+        counts_by_group={"spam-1": 1, "easy-ham-1": 2},
+        split=SplitCounts(train=1, validation=1, test=1),
+    )
+
+
+def test_round_trip_keeps_every_field() -> None:
+    event = _dataset()
+    decoded = DatasetReady.from_bytes(event.to_bytes())
+    assert decoded == event
+    assert decoded.event_type == "DatasetReady"
+    assert decoded.schema_version == 1
+    assert decoded.occurred_at.tzinfo is not None
+
+
+def test_event_type_and_version_cannot_be_forged() -> None:
+    event = PromotionApproved(
+        model_name="m", version=1, approved_by="a", event_type="Other", schema_version=9
+    )
+    assert event.event_type == "PromotionApproved"
+    assert event.schema_version == 1
+
+
+def test_unknown_fields_are_ignored_on_read() -> None:
+    payload = json.loads(_dataset().to_bytes())
+    payload["added_by_a_newer_producer"] = {"x": 1}
+    decoded = decode_event(json.dumps(payload).encode())
+    assert isinstance(decoded, DatasetReady)
+
+
+def test_caused_event_carries_correlation_and_causation() -> None:
+    first = _dataset()
+    second = first.caused(
+        PromotionApproved, producer="test", model_name="m", version=2, approved_by="me"
+    )
+    assert second.correlation_id == first.correlation_id
+    assert second.causation_id == first.event_id
+
+
+def test_v1_email_labeled_is_upcast_to_v2() -> None:
+    v1 = {
+        "event_id": str(uuid4()),
+        "event_type": "EmailLabeled",
+        "schema_version": 1,
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "message_key": "<a@b>",
+        "is_spam": True,
+        "labelled_by": "alice",
+    }
+    event = decode_event(json.dumps(v1).encode(), expected=EmailLabeled)
+    assert event.schema_version == 2
+    assert event.label == "spam"
+    assert event.labelled_by == "alice"
+
+
+def test_hand_written_kcat_json_needs_only_the_payload() -> None:
+    raw = b'{"model_name": "spam-detector", "version": 3, "approved_by": "alice"}'
+    event = decode_event(raw, expected=PromotionApproved)
+    assert event.version == 3
+    assert event.schema_version == 1
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"\xff\xfe\x00", b"[1, 2]", b""])
+def test_invalid_json_raises_typed_error(raw: bytes) -> None:
+    with pytest.raises(InvalidJSONError) as info:
+        decode_event(raw, expected=PromotionApproved)
+    assert info.value.reason == "invalid-json"
+
+
+def test_missing_field_names_the_field() -> None:
+    with pytest.raises(EventValidationError) as info:
+        decode_event(b'{"model_name": "m", "approved_by": "a"}', expected=PromotionApproved)
+    assert info.value.field == "version"
+    assert "version" in str(info.value)
+
+
+def test_wrong_type_names_the_nested_field() -> None:
+    payload = json.loads(_dataset().to_bytes())
+    payload["split"]["train"] = "many"
+    with pytest.raises(EventValidationError) as info:
+        decode_event(json.dumps(payload))
+    assert info.value.field == "split.train"
+
+
+def test_unknown_type_and_future_version_are_refused() -> None:
+    with pytest.raises(UnknownEventTypeError):
+        decode_event(b'{"event_type": "Nope"}')
+    with pytest.raises(UnknownEventTypeError):
+        decode_event(_dataset().to_bytes(), expected=PromotionApproved)
+    payload = json.loads(_dataset().to_bytes())
+    payload["schema_version"] = 99
+    with pytest.raises(UnsupportedSchemaVersionError):
+        decode_event(json.dumps(payload))
+
+
+def test_every_event_has_a_topic_and_descriptions() -> None:
+    names = {t.name for t in catalogue()}
+    for cls in ALL_EVENTS:
+        assert topic_for_event(cls.EVENT_TYPE).name in names
+    assert topic_for_event("EmailClassified").partitions == 6
+    assert topic_for_event("DatasetReady").partitions == 1
+
+
+def test_catalogue_keys_are_event_fields() -> None:
+    by_type = {cls.EVENT_TYPE: cls for cls in ALL_EVENTS}
+    for entry in catalogue():
+        if entry.value in by_type:
+            assert entry.key in by_type[entry.value].model_fields, entry
+
+
+def test_checked_in_json_schemas_are_fresh() -> None:
+    expected = render_all()
+    directory = default_dir()
+    stale = [
+        name
+        for name, text in expected.items()
+        if not (directory / name).exists() or (directory / name).read_text("utf-8") != text
+    ]
+    extra = {p.name for p in directory.glob("*.json")} - set(expected)
+    assert not stale and not extra, (
+        f"stale JSON Schema files {stale} / extra {extra}: "
+        "run `.venv/bin/python -m spamops_schemas.jsonschema`"
+    )
