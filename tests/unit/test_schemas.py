@@ -154,3 +154,17 @@ def test_checked_in_json_schemas_are_fresh() -> None:
         f"stale JSON Schema files {stale} / extra {extra}: "
         "run `.venv/bin/python -m spamops_schemas.jsonschema`"
     )
+
+
+def test_approval_signature_verifies_and_detects_tampering() -> None:
+    from spamops_schemas.signing import sign_approval, verify_approval
+
+    signature = sign_approval("s3cret", "spam-detector", 4, "alice")
+    good = PromotionApproved(
+        model_name="spam-detector", version=4, approved_by="alice", signature=signature
+    )
+    assert verify_approval("s3cret", good)
+    assert not verify_approval("other", good)
+    forged = good.model_copy(update={"version": 5})
+    assert not verify_approval("s3cret", forged)
+    assert not verify_approval("s3cret", good.model_copy(update={"signature": None}))

@@ -1,1 +1,1 @@
-"""spamops registry-bridge service: gate, MLflow registry, ONNX export, Triton deployment, promotion"""
+"""spamops registry-bridge: gate, MLflow registry, ONNX export, Triton deployment, promotion."""

@@ -1,0 +1,308 @@
+"""The ``spamops`` command line: the local stack, ingestion and the user commands.
+
+Every user command has a plain-Kafka equivalent (see the README's kcat lines);
+the CLI is a convenience, never the only way in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from spamops_runtime.settings import PlatformSettings
+
+app = typer.Typer(
+    name="spamops",
+    help="spamops: train, register, deploy, serve and monitor a spam classifier on Kafka.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+
+def _settings() -> PlatformSettings:
+    return PlatformSettings()
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+# --------------------------------------------------------------------- stack
+@app.command()
+def up(
+    fresh: Annotated[bool, typer.Option(help="Wipe the stack's data first.")] = False,
+    only: Annotated[
+        list[str] | None, typer.Option(help="Start only these components (repeatable).")
+    ] = None,
+) -> None:
+    """Install what is missing and start Kafka, Redis, MLflow, Triton and the services."""
+    from spamops_cli import stack
+
+    settings = _settings()
+    try:
+        stack.up(settings, fresh=fresh, components=only)
+    except stack.StackError as exc:
+        raise _fail(str(exc)) from exc
+    _print_status(settings)
+
+
+@app.command()
+def down() -> None:
+    """Stop what `spamops up` started (data is kept)."""
+    from spamops_cli import stack
+
+    stack.down(_settings())
+    console.print("stack stopped")
+
+
+@app.command()
+def status() -> None:
+    """Show each component of the local stack and whether it is ready."""
+    settings = _settings()
+    if not _print_status(settings):
+        raise typer.Exit(1)
+
+
+def _print_status(settings: PlatformSettings) -> bool:
+    from spamops_cli import stack
+
+    table = Table(title=f"spamops stack ({settings.state_dir})")
+    for column in ("component", "running", "ready", "pid", "endpoint", "detail"):
+        table.add_column(column)
+    healthy = True
+    for item in stack.status(settings):
+        healthy &= item.ready
+        table.add_row(
+            item.name,
+            "yes" if item.running else "no",
+            "[green]yes[/]" if item.ready else "[red]no[/]",
+            str(item.pid or ""),
+            item.endpoint,
+            item.detail,
+        )
+    out.print(table)
+    return healthy
+
+
+# ----------------------------------------------------------------- ingestion
+@app.command()
+def ingest(
+    groups: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated corpus groups, e.g. easy-ham-1,hard-ham-1,spam-1."),
+    ] = None,
+    path: Annotated[
+        Path | None, typer.Option(help="Ingest your own .eml folder / maildir / mbox instead.")
+    ] = None,
+    labels: Annotated[
+        Path | None, typer.Option(help="CSV key,label for --path (label: spam or ham).")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="initial, drift or manual.")] = "initial",
+    seed: Annotated[int, typer.Option(help="Seed of the stratified split.")] = 42,
+    publish: Annotated[bool, typer.Option(help="Publish DatasetReady.")] = True,
+) -> None:
+    """Build a content-addressed snapshot of the corpus and publish DatasetReady."""
+    from spamops_cli.ingest import IngestError, run_ingest
+
+    settings = _settings()
+    try:
+        event = run_ingest(
+            settings,
+            groups=set(groups.split(",")) if groups else None,
+            path=path,
+            labels=labels,
+            reason=reason,
+            seed=seed,
+        )
+    except IngestError as exc:
+        raise _fail(str(exc)) from exc
+    table = Table(title=f"dataset {event.dataset_id} ({event.rows} messages)")
+    table.add_column("group")
+    table.add_column("messages", justify="right")
+    for group, count in sorted(event.counts_by_group.items()):
+        table.add_row(group, str(count))
+    for label, count in sorted(event.counts_by_label.items()):
+        table.add_row(f"label={label}", str(count))
+    out.print(table)
+    out.print(f"snapshot: {event.uri}")
+    if publish:
+        from spamops_cli.kafka_io import send_events
+
+        asyncio.run(send_events(settings, [event]))
+        out.print(f"published DatasetReady {event.event_id} to datasets.ready")
+
+
+# ------------------------------------------------------------ user commands
+@app.command(name="publish")
+def publish_emails(
+    paths: Annotated[list[Path], typer.Argument(help=".eml files, folders, maildirs, mbox.")],
+    environment: Annotated[
+        str, typer.Option(help="x-environment header: staging or production.")
+    ] = "production",
+    topic: Annotated[str, typer.Option(help="Target topic.")] = "emails.inbox",
+) -> None:
+    """Send raw messages to emails.inbox (key: Message-ID or a hash of the bytes)."""
+    from rich.progress import Progress
+    from spamops_features.mail import MailParseError, message_key, parse_email
+
+    from spamops_cli.kafka_io import RawRecord, send_raw
+    from spamops_cli.mailbox_io import iter_raw_messages
+
+    if environment not in {"staging", "production"}:
+        raise _fail("--environment must be staging or production", 2)
+    records: list[RawRecord] = []
+    for path in paths:
+        try:
+            for _name, raw in iter_raw_messages(path):
+                try:
+                    key = message_key(raw, parse_email(raw))
+                except MailParseError:
+                    key = message_key(raw, None)
+                records.append(
+                    RawRecord(topic, raw, key=key, headers={"x-environment": environment})
+                )
+        except FileNotFoundError as exc:
+            raise _fail(str(exc), 2) from exc
+    if not records:
+        raise _fail("no messages found", 2)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("publishing", total=len(records))
+        sent = asyncio.run(
+            send_raw(_settings(), records, on_sent=lambda n: progress.advance(task, n))
+        )
+    out.print(f"published {sent} message(s) to {topic} ({environment})")
+    for record in records[:20]:
+        out.print(f"  {record.key}")
+
+
+def _follow_events(topic: str, follow: bool, as_json: bool) -> None:
+    from spamops_schemas import EventDecodeError, decode_event
+
+    from spamops_cli.kafka_io import read_topic
+
+    async def run() -> None:
+        async for record in read_topic(_settings(), topic, follow=follow):
+            if as_json:
+                out.print_json(record.value.decode("utf-8", "replace"))
+                continue
+            try:
+                event = decode_event(record.value)
+            except EventDecodeError as exc:
+                out.print(f"[red]{record.partition}:{record.offset} undecodable: {exc}[/]")
+                continue
+            out.print(_summarize(event))
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+def _summarize(event: object) -> str:
+    from spamops_schemas import DriftDetected, EmailClassified
+
+    if isinstance(event, EmailClassified):
+        return (
+            f"{event.message_key}  {event.verdict:4}  p={event.spam_probability:.3f}  "
+            f"{event.model_name} v{event.model_version} ({event.environment})"
+        )
+    if isinstance(event, DriftDetected):
+        features = ", ".join(f.feature for f in event.drifted_features[:8])
+        return (
+            f"{event.occurred_at:%Y-%m-%d %H:%M:%S}  {event.model_name} v{event.model_version}  "
+            f"{event.kind} drift share={event.drift_share:.2f} severity={event.severity}  "
+            f"[{features}]  {event.report_uri}"
+        )
+    return str(event)
+
+
+@app.command()
+def verdicts(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep waiting for more.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
+) -> None:
+    """Print the verdicts on emails.verdicts."""
+    _follow_events("emails.verdicts", follow, as_json)
+
+
+@app.command()
+def drift(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep waiting for more.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
+) -> None:
+    """Print the DriftDetected events on monitoring.drift."""
+    _follow_events("monitoring.drift", follow, as_json)
+
+
+@app.command()
+def approve(
+    model: Annotated[str, typer.Argument(help="Registered model name, e.g. spam-detector.")],
+    version: Annotated[int, typer.Argument(help="Version to serve in production.")],
+    by: Annotated[str, typer.Option("--by", help="Who approves.")],
+    reason: Annotated[str, typer.Option(help="Why.")] = "",
+) -> None:
+    """Send PromotionApproved (signed when SPAMOPS_APPROVAL_SECRET is set)."""
+    from spamops_schemas import PromotionApproved
+    from spamops_schemas.signing import sign_approval
+
+    from spamops_cli.kafka_io import send_events
+
+    if version < 1:
+        raise _fail("version must be >= 1", 2)
+    secret = os.environ.get("SPAMOPS_APPROVAL_SECRET")
+    signature = sign_approval(secret, model, version, by) if secret else None
+    event = PromotionApproved(
+        producer="spamops-cli",
+        model_name=model,
+        version=version,
+        approved_by=by,
+        reason=reason,
+        signature=signature,
+    )
+    asyncio.run(send_events(_settings(), [event]))
+    out.print(f"sent PromotionApproved {model} v{version} by {by} ({event.event_id})")
+
+
+@app.command()
+def label(
+    key: Annotated[str, typer.Argument(help="Message key (as on emails.inbox).")],
+    value: Annotated[str, typer.Argument(metavar="spam|ham")],
+    by: Annotated[str, typer.Option("--by", help="Who labels.")] = os.environ.get("USER", "cli"),
+) -> None:
+    """Send EmailLabeled to emails.feedback."""
+    from spamops_schemas import EmailLabeled
+
+    from spamops_cli.kafka_io import send_events
+
+    if value not in {"spam", "ham"}:
+        raise _fail("label must be spam or ham", 2)
+    event = EmailLabeled(producer="spamops-cli", message_key=key, label=value, labelled_by=by)  # type: ignore[arg-type]
+    asyncio.run(send_events(_settings(), [event]))
+    out.print(f"labelled {key} as {value}")
+
+
+@app.command(name="schema")
+def schema_cmd(
+    event_type: Annotated[str, typer.Argument(help="Event type, e.g. PromotionApproved.")],
+) -> None:
+    """Print an event's JSON Schema."""
+    from spamops_schemas import EVENT_TYPES
+
+    cls = EVENT_TYPES.get(event_type)
+    if cls is None:
+        raise _fail(f"unknown event type {event_type}; known: {', '.join(EVENT_TYPES)}", 2)
+    json.dump(cls.model_json_schema(), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,58 @@
+"""Bootstrap shared by the four services: logging, metrics, broker, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from faststream import FastStream
+from faststream.kafka import KafkaBroker
+from faststream.specification import AsyncAPI
+
+from spamops_runtime.kafka import make_broker
+from spamops_runtime.logs import configure_logging
+from spamops_runtime.metrics import start_metrics_server
+from spamops_runtime.settings import ServiceSettings
+
+logger = logging.getLogger(__name__)
+
+
+def service_broker(service: str, settings: ServiceSettings) -> KafkaBroker:
+    """The service's Kafka broker, with JSON logging configured first."""
+    configure_logging(service, level=settings.platform.log_level, fmt=settings.platform.log_format)
+    return make_broker(settings.platform, client_id=service)
+
+
+def service_app(service: str, settings: ServiceSettings, broker: KafkaBroker) -> FastStream:
+    """A FastStream app whose start serves /metrics and whose stop is logged.
+
+    FastStream stops consumers first and lets in-flight handlers finish
+    (graceful_timeout), so what was handled gets committed on SIGTERM.
+    """
+    app = FastStream(broker, specification=AsyncAPI(title=f"spamops {service}", version="0.1.0"))
+
+    @app.on_startup
+    async def _start_metrics() -> None:
+        start_metrics_server(settings.metrics_port, settings.platform.host)
+        logger.info(
+            "service starting",
+            extra={
+                "kafka": settings.platform.kafka_bootstrap,
+                "metrics_port": settings.metrics_port,
+            },
+        )
+
+    @app.after_startup
+    async def _started() -> None:
+        logger.info("service ready")
+
+    @app.after_shutdown
+    async def _stopped() -> None:
+        logger.info("service stopped")
+
+    return app
+
+
+def run_app(app: FastStream) -> None:
+    """Run until SIGINT/SIGTERM (FastStream installs the signal handlers)."""
+    asyncio.run(app.run())

@@ -1,0 +1,15 @@
+"""Settings of the inference service (environment variables SPAMOPS_INFERENCE_*)."""
+
+from __future__ import annotations
+
+from pydantic_settings import SettingsConfigDict
+from spamops_runtime.settings import ServiceSettings
+
+
+class InferenceSettings(ServiceSettings):
+    """inference: emails.inbox -> emails.verdicts."""
+
+    model_config = SettingsConfigDict(env_prefix="SPAMOPS_INFERENCE_", extra="ignore")
+
+    metrics_port: int = 9103
+    group_id: str = "spamops-inference"
