@@ -1,0 +1,40 @@
+# spamops — two commands on a fresh machine: `make up` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := .venv/bin
+PYTEST_ARGS ?=
+
+.PHONY: help bootstrap up down status test test-fast lint schemas clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+bootstrap: ## Install everything missing (apt packages, uv, .venv, Kafka jars, Triton env)
+	@bash scripts/bootstrap.sh
+
+up: bootstrap ## Install, start the stack and the services, and run the main job
+	$(VENV)/spamops up
+	$(VENV)/spamops ingest
+
+down: ## Stop what `make up` started (data is kept)
+	@if [ -x $(VENV)/spamops ]; then $(VENV)/spamops down; fi
+
+status: ## Show the local stack
+	$(VENV)/spamops status
+
+lint: ## ruff, mypy and the generated-schema check
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+	$(VENV)/mypy
+
+test: bootstrap lint ## Install, then run every test (unit, integration, end-to-end) on the real stack
+	$(VENV)/pytest $(PYTEST_ARGS)
+
+test-fast: ## Unit and integration tests only, skipping slow end-to-end ones
+	$(VENV)/pytest -m "not e2e" $(PYTEST_ARGS)
+
+schemas: ## Regenerate the JSON Schema files
+	$(VENV)/python -m spamops_schemas.jsonschema
+
+clean: down ## Stop the stack and delete its state (.spamops/)
+	rm -rf .spamops
