@@ -315,6 +315,7 @@ def subscribe_events(
     service: str,
     group_id: str | None = None,
     auto_offset_reset: Literal["latest", "earliest", "none"] = "earliest",
+    **subscriber_options: Any,
 ) -> None:
     """Register ``handler`` for ``event_cls`` records of ``topic`` in a consumer group.
 
@@ -343,4 +344,5 @@ def subscribe_events(
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset=auto_offset_reset,
         title=f"{service}:{topic}",
+        **subscriber_options,
     )(consume)

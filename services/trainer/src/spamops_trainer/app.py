@@ -2,16 +2,57 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from faststream import FastStream
+from spamops_runtime.kafka import publish_event, subscribe_events
 from spamops_runtime.service import service_app, service_broker
+from spamops_schemas import DatasetReady, Event
+from spamops_schemas.topics import DATASETS_READY
 
+from spamops_trainer.adapters import MlflowTracker
+from spamops_trainer.handlers import SERVICE, TrainerDeps, on_dataset_ready
 from spamops_trainer.settings import TrainerSettings
+from spamops_trainer.tuning import SearchConfig
 
-SERVICE = "trainer"
+
+def search_config(settings: TrainerSettings) -> SearchConfig:
+    """The search settings of a TrainerSettings."""
+    return SearchConfig(
+        num_samples=settings.num_samples,
+        max_concurrent_trials=settings.max_concurrent_trials,
+        time_budget_s=settings.time_budget_s,
+        report_every=settings.report_every,
+        max_estimators=settings.max_estimators,
+        grace_reports=settings.grace_reports,
+        seed=settings.seed,
+        ray_address=settings.ray_address,
+        ray_num_cpus=settings.ray_num_cpus,
+    )
 
 
 def build_app(settings: TrainerSettings | None = None) -> FastStream:
     """Bootstrap: build the broker and register the handlers with their dependencies."""
     settings = settings or TrainerSettings()
     broker = service_broker(SERVICE, settings)
+
+    async def publish(event: Event) -> None:
+        await publish_event(broker, event, service=SERVICE)
+
+    deps = TrainerDeps(
+        tracker=MlflowTracker(settings.platform.mlflow_uri, settings.experiment),
+        publish=publish,
+        search=search_config(settings),
+        threshold=settings.threshold,
+    )
+    subscribe_events(
+        broker,
+        topic=DATASETS_READY,
+        event_cls=DatasetReady,
+        handler=partial(on_dataset_ready, deps=deps),
+        settings=settings,
+        service=SERVICE,
+        # A training holds its record for minutes: keep the group membership meanwhile.
+        max_poll_interval_ms=settings.max_handler_minutes * 60_000,
+    )
     return service_app(SERVICE, settings, broker)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 from spamops_runtime.settings import ServiceSettings
 
@@ -13,3 +14,25 @@ class TrainerSettings(ServiceSettings):
 
     metrics_port: int = 9101
     group_id: str = "spamops-trainer"
+
+    experiment: str = Field(default="spam-detector", description="MLflow experiment name.")
+    num_samples: int = Field(default=20, description="Ray Tune trials per training.")
+    max_concurrent_trials: int = Field(default=2, description="Trials running at once.")
+    time_budget_s: float = Field(default=600.0, description="Wall-clock cap of the search.")
+    report_every: int = Field(default=25, description="Boosting rounds between trial reports.")
+    max_estimators: int = Field(default=600, description="Upper bound of n_estimators.")
+    grace_reports: int = Field(default=2, description="ASHA: reports before a trial may stop.")
+    seed: int = Field(default=42)
+    threshold: float = Field(default=0.5, description="Spam probability threshold.")
+    ray_address: str | None = Field(
+        default=None,
+        validation_alias="RAY_ADDRESS",
+        description="An existing Ray cluster; in-process Ray when unset.",
+    )
+    ray_num_cpus: int = Field(default=2, description="CPUs of the in-process Ray.")
+    max_handler_minutes: int = Field(
+        default=60, description="Longest a training may hold its record before Kafka gives up."
+    )
+    drift_cooldown_s: float = Field(
+        default=600.0, description="DriftDetected events within this window retrain once."
+    )

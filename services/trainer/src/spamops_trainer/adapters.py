@@ -1,0 +1,156 @@
+"""The trainer's outside world: MLflow tracking (runs, models, artifacts, lineage)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from spamops_schemas import DatasetReady, ModelTrained
+
+logger = logging.getLogger(__name__)
+
+TAG_SOURCE_EVENT = "spamops.source_event_id"
+TAG_DATASET = "spamops.dataset_id"
+TAG_CORRELATION = "spamops.correlation_id"
+TAG_MODEL_TRAINED = "spamops.model_trained"
+TAG_SPEC = "spamops.feature_spec_version"
+PIPELINE_ARTIFACT = "feature_pipeline"
+PARITY_ARTIFACT = "parity/test_sample.npz"
+
+
+def code_version() -> str:
+    """The git commit of the running code, or 'unknown' outside a checkout."""
+    env = os.environ.get("SPAMOPS_CODE_VERSION")
+    if env:
+        return env
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@dataclass
+class MlflowTracker:
+    """Logs a training to an MLflow tracking server."""
+
+    tracking_uri: str
+    experiment: str
+
+    def __post_init__(self) -> None:
+        import mlflow
+
+        self._mlflow = mlflow
+        mlflow.set_tracking_uri(self.tracking_uri)
+        self._client = mlflow.MlflowClient(self.tracking_uri)
+
+    def _experiment_id(self) -> str:
+        found = self._client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return str(found.experiment_id)
+        return str(self._client.create_experiment(self.experiment))
+
+    def finished_training(self, source_event_id: str) -> ModelTrained | None:
+        """The ModelTrained of a finished run for this DatasetReady, if one exists (dedupe)."""
+        runs = self._client.search_runs(
+            [self._experiment_id()],
+            filter_string=(
+                f"tags.`{TAG_SOURCE_EVENT}` = '{source_event_id}' "
+                "and attributes.status = 'FINISHED'"
+            ),
+            max_results=1,
+        )
+        if not runs:
+            return None
+        payload = runs[0].data.tags.get(TAG_MODEL_TRAINED)
+        return ModelTrained.from_bytes(payload) if payload else None
+
+    @contextmanager
+    def training_run(self, event: DatasetReady) -> Iterator[str]:
+        """An MLflow run for one training; marked FAILED if the block raises."""
+        mlflow = self._mlflow
+        run = mlflow.start_run(
+            experiment_id=self._experiment_id(),
+            run_name=f"train-{event.dataset_id}",
+            tags={
+                TAG_SOURCE_EVENT: str(event.event_id),
+                TAG_DATASET: event.dataset_id,
+                TAG_CORRELATION: event.correlation_id,
+                "spamops.dataset_reason": event.reason,
+                "mlflow.source.git.commit": code_version(),
+            },
+        )
+        try:
+            mlflow.log_dict(json.loads(event.model_dump_json()), "dataset/dataset_ready.json")
+            mlflow.log_params(
+                {
+                    "dataset_id": event.dataset_id,
+                    "dataset_uri": event.uri,
+                    "dataset_sha256": event.sha256,
+                    "dataset_rows": event.rows,
+                    "parent_dataset_id": event.parent_dataset_id or "",
+                }
+            )
+            yield run.info.run_id
+        except BaseException:
+            mlflow.end_run(status="FAILED")
+            raise
+        else:
+            mlflow.end_run(status="FINISHED")
+
+    def log_trials(self, trials: list[dict[str, Any]]) -> None:
+        """One nested child run per Ray Tune trial."""
+        mlflow = self._mlflow
+        for index, trial in enumerate(trials):
+            with mlflow.start_run(run_name=f"trial-{index:02d}", nested=True):
+                mlflow.log_params(trial["params"])
+                mlflow.log_metrics({"val_f1": trial["val_f1"], "rounds": float(trial["rounds"])})
+                mlflow.set_tag("stopped_early", str(trial["stopped_early"]).lower())
+
+    def log_results(
+        self,
+        *,
+        model: Any,
+        pipeline_dir: Path,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        spec_version: str,
+        parity_x: np.ndarray,
+        parity_p: np.ndarray,
+        figures: dict[str, Any],
+        extra: dict[str, Any],
+    ) -> str:
+        """Log parameters, metrics, the model and the fitted pipeline; returns the model URI."""
+        mlflow = self._mlflow
+        mlflow.log_params({f"best_{k}": v for k, v in params.items()})
+        mlflow.log_metrics(metrics)
+        mlflow.set_tag(TAG_SPEC, spec_version)
+        mlflow.log_artifacts(str(pipeline_dir), PIPELINE_ARTIFACT)
+        with tempfile.TemporaryDirectory() as tmp:
+            sample = Path(tmp) / "test_sample.npz"
+            np.savez_compressed(sample, x=parity_x, p=parity_p)
+            mlflow.log_artifact(str(sample), "parity")
+        for name, figure in figures.items():
+            mlflow.log_figure(figure, f"plots/{name}.png")
+        mlflow.log_dict(extra, "training_summary.json")
+        info = mlflow.xgboost.log_model(model, name="model", model_format="ubj")
+        return str(info.model_uri)
+
+    def record_model_trained(self, run_id: str, event: ModelTrained) -> None:
+        """Keep the published event on the run, so a replay republishes the same one."""
+        self._client.set_tag(run_id, TAG_MODEL_TRAINED, event.model_dump_json())

@@ -1,0 +1,212 @@
+"""One training, start to finish: snapshot -> features -> search -> final model -> MLflow.
+
+Plain functions with their dependencies passed in; the Kafka handler calls
+``train_and_log`` in a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from spamops_features.mail import MailParseError, ParsedEmail, parse_email
+from spamops_features.pipeline import FeaturePipeline
+from spamops_schemas import ClassificationMetrics, DatasetReady, ModelTrained
+
+from spamops_trainer.adapters import MlflowTracker
+from spamops_trainer.evaluation import Evaluation, evaluate
+from spamops_trainer.plots import confusion_figure, importance_figure
+from spamops_trainer.tuning import SearchConfig, SearchResult, booster_params, search
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+ReputationLookup = Callable[[pd.DataFrame], np.ndarray]
+
+
+@dataclass
+class PreparedData:
+    """Model inputs per split, from one fitted feature pipeline."""
+
+    pipeline: FeaturePipeline
+    x: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+    groups: dict[str, np.ndarray]
+    dropped: int
+
+
+@dataclass
+class TrainingOutcome:
+    """What a training produced, before it is logged."""
+
+    model: xgb.XGBClassifier
+    prepared: PreparedData
+    search: SearchResult
+    params: dict[str, Any]
+    test: Evaluation
+    seconds: float
+
+
+def prepare_features(df: pd.DataFrame, reputation: ReputationLookup | None) -> PreparedData:
+    """Parse every message, fit the pipeline on the training split, build every split's matrix."""
+    parsed: list[ParsedEmail | None] = []
+    for raw in df["raw"]:
+        try:
+            parsed.append(parse_email(bytes(raw)))
+        except MailParseError:
+            parsed.append(None)
+    keep = np.array([p is not None for p in parsed])
+    dropped = int((~keep).sum())
+    frame = df.loc[keep].reset_index(drop=True)
+    emails = [p for p in parsed if p is not None]
+    split = frame["split"].to_numpy()
+    train_emails = [e for e, s in zip(emails, split, strict=True) if s == "train"]
+    pipeline = FeaturePipeline.fit(train_emails)
+    rep = reputation(frame) if reputation is not None else None
+    matrix = pipeline.transform(emails, rep)
+    labels = (frame["label"].to_numpy() == "spam").astype(np.int64)
+    groups = frame["group"].astype(str).to_numpy()
+    return PreparedData(
+        pipeline=pipeline,
+        x={s: matrix[split == s] for s in SPLITS},
+        y={s: labels[split == s] for s in SPLITS},
+        groups={s: groups[split == s] for s in SPLITS},
+        dropped=dropped,
+    )
+
+
+def fit_final(prepared: PreparedData, params: dict[str, Any], seed: int) -> xgb.XGBClassifier:
+    """The production model: best parameters, trained on train + validation."""
+    x = np.vstack([prepared.x["train"], prepared.x["validation"]])
+    y = np.concatenate([prepared.y["train"], prepared.y["validation"]])
+    settings = booster_params(params, seed)
+    settings["nthread"] = 2
+    settings.pop("objective")
+    model = xgb.XGBClassifier(n_estimators=int(params["n_estimators"]), **settings)
+    model.fit(x, y)
+    return model
+
+
+def train(
+    df: pd.DataFrame,
+    config: SearchConfig,
+    *,
+    reputation: ReputationLookup | None = None,
+    threshold: float = 0.5,
+) -> TrainingOutcome:
+    """Features, hyper-parameter search, final fit and test evaluation."""
+    started = time.perf_counter()
+    prepared = prepare_features(df, reputation)
+    result = search(
+        prepared.x["train"],
+        prepared.y["train"],
+        prepared.x["validation"],
+        prepared.y["validation"],
+        config,
+    )
+    model = fit_final(prepared, result.best_params, config.seed)
+    probabilities = model.predict_proba(prepared.x["test"])[:, 1]
+    test = evaluate(
+        prepared.y["test"], probabilities, threshold=threshold, groups=prepared.groups["test"]
+    )
+    return TrainingOutcome(
+        model=model,
+        prepared=prepared,
+        search=result,
+        params=result.best_params,
+        test=test,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def train_and_log(
+    event: DatasetReady,
+    df: pd.DataFrame,
+    tracker: MlflowTracker,
+    config: SearchConfig,
+    *,
+    producer: str,
+    reputation: ReputationLookup | None = None,
+    threshold: float = 0.5,
+) -> ModelTrained:
+    """Train on a snapshot inside one MLflow run and return the ModelTrained to publish.
+
+    The run is marked FAILED when anything raises; the event is stored on the
+    run before it finishes, so a replay of the same DatasetReady republishes it.
+    """
+    with tracker.training_run(event) as run_id:
+        outcome = train(df, config, reputation=reputation, threshold=threshold)
+        prepared = outcome.prepared
+        tracker.log_trials([asdict(t) for t in outcome.search.trials])
+        spec = prepared.pipeline.spec
+        with tempfile.TemporaryDirectory() as tmp:
+            pipeline_dir = Path(tmp) / "pipeline"
+            prepared.pipeline.save(pipeline_dir)
+            model_uri = tracker.log_results(
+                model=outcome.model,
+                pipeline_dir=pipeline_dir,
+                params=outcome.params,
+                metrics={
+                    **outcome.test.as_mlflow_metrics(),
+                    "best_val_f1": outcome.search.best_val_f1,
+                    "search_seconds": outcome.search.seconds,
+                    "training_seconds": outcome.seconds,
+                    "trials": float(len(outcome.search.trials)),
+                    "rows_dropped": float(prepared.dropped),
+                },
+                spec_version=spec.version,
+                parity_x=prepared.x["test"],
+                parity_p=outcome.model.predict_proba(prepared.x["test"])[:, 1],
+                figures={
+                    "confusion_matrix": confusion_figure(outcome.test.confusion),
+                    "feature_importance": importance_figure(outcome.model, spec.names),
+                },
+                extra={
+                    "threshold": threshold,
+                    "confusion": outcome.test.confusion,
+                    "per_group": outcome.test.per_group,
+                    "feature_names": list(spec.names),
+                },
+            )
+        trained = event.caused(
+            ModelTrained,
+            producer=producer,
+            run_id=run_id,
+            model_uri=model_uri,
+            dataset_id=event.dataset_id,
+            metrics=ClassificationMetrics(
+                f1=outcome.test.f1,
+                precision=outcome.test.precision,
+                recall=outcome.test.recall,
+                roc_auc=outcome.test.roc_auc,
+                false_positive_rate=outcome.test.false_positive_rate,
+            ),
+            best_params={k: _plain(v) for k, v in outcome.params.items()},
+            feature_spec_version=spec.version,
+            n_features=int(prepared.x["test"].shape[1]),
+            training_seconds=round(outcome.seconds, 3),
+        )
+        tracker.record_model_trained(run_id, trained)
+    logger.info(
+        "model trained",
+        extra={"run_id": run_id, "f1": outcome.test.f1, "fpr": outcome.test.false_positive_rate},
+    )
+    return trained
+
+
+def _plain(value: Any) -> float | int | str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, np.integer | int):
+        return int(value)
+    if isinstance(value, np.floating | float):
+        return float(value)
+    return str(value)
