@@ -28,7 +28,9 @@ from spamops_schemas import PromotionApproved
 TOPIC = "models.promotion-approved"
 
 
-def _wire(received: list[Any], *, fail_with: Exception | None = None) -> tuple[KafkaBroker, list[Any]]:
+def _wire(
+    received: list[Any], *, fail_with: Exception | None = None
+) -> tuple[KafkaBroker, list[Any]]:
     settings = ServiceSettings(max_attempts=2, retry_backoff_seconds=0.01)
     broker = KafkaBroker(PlatformSettings().kafka_bootstrap)
     dead: list[Any] = []
@@ -39,8 +41,12 @@ def _wire(received: list[Any], *, fail_with: Exception | None = None) -> tuple[K
         received.append((event, record))
 
     subscribe_events(
-        broker, topic=TOPIC, event_cls=PromotionApproved, handler=handler,
-        settings=settings, service="test",
+        broker,
+        topic=TOPIC,
+        event_cls=PromotionApproved,
+        handler=handler,
+        settings=settings,
+        service="test",
     )
 
     @broker.subscriber(TOPIC + ".dlq")
@@ -87,8 +93,10 @@ async def test_invalid_event_goes_to_dlq_unchanged_with_reason() -> None:
 
 @pytest.mark.parametrize(
     ("error", "reason"),
-    [(RejectRecord("unknown-version", "no version 9"), "unknown-version"),
-     (RuntimeError("boom"), "handler-error")],
+    [
+        (RejectRecord("unknown-version", "no version 9"), "unknown-version"),
+        (RuntimeError("boom"), "handler-error"),
+    ],
 )
 async def test_failing_handler_is_dead_lettered_and_stream_goes_on(
     error: Exception, reason: str
