@@ -1,0 +1,338 @@
+"""The feature pipeline: spec, determinism, versioning, parity with sklearn, data checks.
+
+Made-With-ML style: tests of the data contract (names, widths, value ranges) and
+of the model-input code (bit-identical round trips, no fit on held-out data,
+robustness on hostile input). Small synthetic emails only, no corpus, no network.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.feature_extraction.text import TfidfVectorizer
+from spamops_features import handcrafted, pipeline
+from spamops_features.handcrafted import HANDCRAFTED_NAMES, prepare
+from spamops_features.mail import MailParseError, ParsedEmail, parse_email
+from spamops_features.pipeline import (
+    N_EMAIL_FEATURES,
+    N_TFIDF,
+    REPUTATION_DEFAULTS,
+    REPUTATION_NAMES,
+    FeaturePipeline,
+    FeatureSpecMismatchError,
+    TfidfParams,
+    check_features,
+)
+
+# ------------------------------------------------------------ synthetic mail
+HAM_WORDS: tuple[str, ...] = (
+    "meeting", "notes", "project", "review", "kernel", "release", "patch", "build", "server",
+    "schedule", "agenda", "lunch", "report", "budget", "draft", "minutes", "team", "deadline",
+    "python", "debian", "package", "mirror", "thanks", "regards", "question", "answer", "bug",
+    "fix", "commit", "branch", "merge",
+)  # fmt: skip
+SPAM_WORDS: tuple[str, ...] = (
+    "free", "money", "prize", "winner", "click", "offer", "cash", "viagra", "mortgage",
+    "refinance", "cheap", "discount", "guaranteed", "income", "investment", "lottery", "claim",
+    "urgent", "bonus", "casino", "pills",
+)  # fmt: skip
+
+
+def make_raw(
+    i: int,
+    *,
+    spam: bool,
+    extra: str = "",
+    domain: str | None = None,
+    html: bool = False,
+) -> bytes:
+    """A plausible RFC 822 message; deterministic in ``i``."""
+    rng = random.Random(i)
+    words = SPAM_WORDS if spam else HAM_WORDS
+    body = " ".join(rng.choice(words) for _ in range(rng.randint(15, 60)))
+    subject = " ".join(rng.choice(words) for _ in range(rng.randint(2, 6)))
+    if spam:
+        subject = subject.upper() + "!!!"
+        body += f" http://offers{i}.example.biz/claim"
+    sender = domain or ("freemail-offers.biz" if spam else "lists.example.org")
+    headers = (
+        f"From: user{i}@{sender}\r\n"
+        f"To: someone{i}@example.net\r\n"
+        f"Subject: {subject}\r\n"
+        f"Date: Tue, {1 + i % 28:d} Aug 2002 {i % 24:02d}:03:07 +0000\r\n"
+        f"Message-ID: <m{i}@{sender}>\r\n"
+    )
+    if html:
+        headers += "MIME-Version: 1.0\r\nContent-Type: text/html; charset=utf-8\r\n"
+        body = f"<html><body><p>{body} {extra}</p><a href='http://x.example/'>go</a></body></html>"
+    else:
+        body = f"{body} {extra}"
+    return (headers + "\r\n" + body + "\r\n").encode()
+
+
+def corpus(n: int = 40) -> list[ParsedEmail]:
+    """``n`` parsed emails, half spam, some HTML."""
+    return [parse_email(make_raw(i, spam=i % 2 == 0, html=i % 5 == 0)) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def emails() -> list[ParsedEmail]:
+    return corpus(40)
+
+
+@pytest.fixture(scope="module")
+def fitted(emails: list[ParsedEmail]) -> FeaturePipeline:
+    return FeaturePipeline.fit(emails)
+
+
+# ------------------------------------------------------------------ the spec
+def test_spec_has_524_email_features_plus_reputation(fitted: FeaturePipeline) -> None:
+    spec = fitted.spec
+    assert N_EMAIL_FEATURES == 524
+    assert spec.n_tfidf == N_TFIDF == 500
+    assert spec.n_handcrafted == len(HANDCRAFTED_NAMES) == 24
+    assert spec.n_email_features == 524
+    assert spec.n_reputation == 3
+    assert spec.n_inputs == 527 == len(spec.names)
+    assert len(set(spec.names)) == len(spec.names)
+    assert spec.handcrafted_names == HANDCRAFTED_NAMES
+    assert spec.reputation_names == REPUTATION_NAMES
+    assert all(name.startswith("tfidf:") for name in spec.tfidf_names)
+    # The TF-IDF names follow the column index of each vocabulary term.
+    for term, index in fitted.vocabulary.items():
+        assert spec.names[index] == f"tfidf:{term}"
+
+
+def test_spec_round_trips_through_dict(fitted: FeaturePipeline) -> None:
+    spec = fitted.spec
+    assert type(spec).from_dict(spec.to_dict()) == spec
+
+
+def test_transform_shape_and_dtype(fitted: FeaturePipeline, emails: list[ParsedEmail]) -> None:
+    x = fitted.transform(emails[:7])
+    assert x.shape == (7, 527)
+    assert x.dtype == np.float32
+    # No reputation given: the unseen-domain defaults.
+    assert np.array_equal(x[:, 524:], np.broadcast_to(REPUTATION_DEFAULTS, (7, 3)))
+    rep = np.array([[3, 0.25, 10.5]] * 7, dtype=np.float32)
+    rep[2, 1] = np.nan  # non-finite -> default for that value
+    y = fitted.transform(emails[:7], rep)
+    assert np.array_equal(y[:, :524], x[:, :524])
+    assert y[0, 524:].tolist() == [3.0, 0.25, 10.5]
+    assert y[2, 525] == 0.5
+    with pytest.raises(ValueError, match="reputation must be"):
+        fitted.transform(emails[:7], rep[:3])
+
+
+# ---------------------------------------------------------------- determinism
+def test_save_load_is_bit_identical(
+    fitted: FeaturePipeline, emails: list[ParsedEmail], tmp_path: Path
+) -> None:
+    one = emails[3:4]
+    before = fitted.transform(one)
+    fitted.save(tmp_path / "pipe")
+    loaded = FeaturePipeline.load(tmp_path / "pipe")
+    after = loaded.transform(one)
+    assert before.dtype == after.dtype == np.float32
+    assert before.tobytes() == after.tobytes()
+    assert np.array_equal(before, after)
+    assert loaded.spec == fitted.spec
+    # Saving is data, not a pickle.
+    assert sorted(p.name for p in (tmp_path / "pipe").iterdir()) == [
+        "feature_pipeline.json",
+        "idf.npz",
+    ]
+
+
+def test_fit_is_deterministic(emails: list[ParsedEmail]) -> None:
+    a, b = FeaturePipeline.fit(emails), FeaturePipeline.fit(emails)
+    assert a.spec == b.spec
+    assert a.vocabulary == b.vocabulary
+    assert a.idf.tobytes() == b.idf.tobytes()
+
+
+def test_tampered_idf_is_refused(fitted: FeaturePipeline, tmp_path: Path) -> None:
+    fitted.save(tmp_path)
+    with np.load(tmp_path / "idf.npz") as arrays:
+        idf = arrays["idf"].copy()
+    idf[0] += 1
+    np.savez(tmp_path / "idf.npz", idf=idf)
+    with pytest.raises(ValueError, match="sha256"):
+        FeaturePipeline.load(tmp_path)
+
+
+# ----------------------------------------------------------------- versioning
+def test_version_changes_when_a_handcrafted_feature_changes(
+    fitted: FeaturePipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fitted.save(tmp_path)
+    original = handcrafted._count_urls
+    # A "bug fix" in one feature function: every URL count on the probes moves by one.
+    monkeypatch.setattr(handcrafted, "_count_urls", lambda text: original(text) + 1)
+    changed = FeaturePipeline(params=fitted.params, vocabulary=fitted.vocabulary, idf=fitted.idf)
+    assert changed.spec.version != fitted.spec.version
+    assert changed.spec.code_version == fitted.spec.code_version  # only the probes moved
+    with pytest.raises(FeatureSpecMismatchError):
+        FeaturePipeline.load(tmp_path)
+    # verify=False is the escape hatch (e.g. to inspect an old pipeline).
+    assert FeaturePipeline.load(tmp_path, verify=False).vocabulary == fitted.vocabulary
+
+
+def test_version_changes_with_the_code_version(
+    fitted: FeaturePipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fitted.save(tmp_path)
+    monkeypatch.setattr(pipeline, "FEATURE_CODE_VERSION", "999.0.0")
+    changed = FeaturePipeline(params=fitted.params, vocabulary=fitted.vocabulary, idf=fitted.idf)
+    assert changed.spec.version.startswith("999.0.0+")
+    assert changed.spec.version != fitted.spec.version
+    with pytest.raises(FeatureSpecMismatchError):
+        FeaturePipeline.load(tmp_path)
+
+
+def test_version_changes_with_a_parameter(fitted: FeaturePipeline) -> None:
+    params = TfidfParams(sublinear_tf=False)
+    changed = FeaturePipeline(params=params, vocabulary=fitted.vocabulary, idf=fitted.idf)
+    assert changed.spec.version != fitted.spec.version
+
+
+def test_version_is_stable_without_changes(fitted: FeaturePipeline) -> None:
+    again = FeaturePipeline(params=fitted.params, vocabulary=fitted.vocabulary, idf=fitted.idf)
+    assert again.spec == fitted.spec
+
+
+# ---------------------------------------------------------- parity with sklearn
+def test_fast_tfidf_equals_sklearn(fitted: FeaturePipeline, emails: list[ParsedEmail]) -> None:
+    docs = [pipeline._document(e, prepare(e).html_text) for e in emails]
+    # sklearn's own word analyzer, configured like TfidfParams: an independent reference.
+    reference = TfidfVectorizer(
+        ngram_range=(1, 2),
+        stop_words="english",
+        sublinear_tf=True,
+        max_features=N_TFIDF,
+        dtype=np.float64,
+    ).fit(docs)
+    assert set(reference.vocabulary_) == set(fitted.vocabulary)
+    expected_sparse = reference.transform(docs).toarray()
+    expected = np.zeros((len(docs), N_TFIDF))
+    for term, j in reference.vocabulary_.items():
+        expected[:, fitted.vocabulary[term]] = expected_sparse[:, j]
+    got = fitted.transform(emails)[:, :N_TFIDF]
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+    # Held-out text too (unknown terms must be ignored, not counted).
+    held = [parse_email(make_raw(1000 + i, spam=i % 2 == 1, extra="qwertyzz")) for i in range(8)]
+    held_docs = [pipeline._document(e, prepare(e).html_text) for e in held]
+    expected_sparse = reference.transform(held_docs).toarray()
+    expected = np.zeros((len(held), N_TFIDF))
+    for term, j in reference.vocabulary_.items():
+        expected[:, fitted.vocabulary[term]] = expected_sparse[:, j]
+    np.testing.assert_allclose(fitted.transform(held)[:, :N_TFIDF], expected, atol=1e-6, rtol=0)
+
+
+# --------------------------------------------------------------- no data leak
+def test_fit_sees_only_the_emails_passed(emails: list[ParsedEmail]) -> None:
+    train = emails[:30]
+    held_out = parse_email(make_raw(999, spam=False, extra="heldoutonlyterm zzyzx"))
+    pipe = FeaturePipeline.fit(train)
+    assert "heldoutonlyterm" not in pipe.vocabulary
+    assert "zzyzx" not in pipe.vocabulary
+    # Transforming held-out mail does not change the fitted state.
+    vocab, idf = dict(pipe.vocabulary), pipe.idf.copy()
+    pipe.transform([held_out])
+    assert pipe.vocabulary == vocab
+    assert pipe.idf.tobytes() == idf.tobytes()
+    # A term in the training set is in the vocabulary (the test above is not vacuous).
+    with_term = FeaturePipeline.fit([*train, held_out])
+    assert "heldoutonlyterm" in with_term.vocabulary
+
+
+def test_tiny_corpus_pads_the_vocabulary() -> None:
+    pipe = FeaturePipeline.fit([parse_email(make_raw(1, spam=False))])
+    assert 0 < len(pipe.vocabulary) < N_TFIDF
+    assert pipe.spec.n_inputs == 527
+    assert len(set(pipe.spec.names)) == 527
+    assert np.all(pipe.idf[len(pipe.vocabulary) :] == 0)
+
+
+def test_fit_refuses_no_emails() -> None:
+    with pytest.raises(ValueError, match="no emails"):
+        FeaturePipeline.fit([])
+
+
+# ---------------------------------------------------------------- data checks
+def test_check_features_passes_on_real_looking_mail(
+    fitted: FeaturePipeline, emails: list[ParsedEmail]
+) -> None:
+    rep = np.array([[i, (1 + i % 3) / (2 + i), 0.5 * i] for i in range(len(emails))], np.float32)
+    x = fitted.transform(emails, rep)
+    assert check_features(x, fitted.spec) == []
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("rep_spam_rate", 1.5, "rep_spam_rate outside"),
+        ("html_ratio", -0.1, "html_ratio"),
+        ("url_count", -3.0, "negative values"),
+        ("date_hour", 24.0, "date_hour outside"),
+        ("tfidf", 7.0, "l2-normalised"),
+        ("body_length", np.inf, "non-finite"),
+    ],
+)
+def test_check_features_finds_a_planted_violation(
+    fitted: FeaturePipeline, emails: list[ParsedEmail], column: str, value: float, message: str
+) -> None:
+    x = fitted.transform(emails[:5])
+    j = 0 if column == "tfidf" else fitted.spec.names.index(column)
+    x[2, j] = value
+    problems = check_features(x, fitted.spec)
+    assert any(message in p for p in problems), problems
+
+
+def test_check_features_shape_and_dtype(fitted: FeaturePipeline, emails: list[ParsedEmail]) -> None:
+    x = fitted.transform(emails[:3])
+    assert check_features(x[:, :524], fitted.spec)[0].startswith("shape")
+    assert any("dtype" in p for p in check_features(x.astype(np.float64), fitted.spec))
+
+
+# ----------------------------------------------------------------- robustness
+def test_garbage_is_refused_by_the_parser_not_the_pipeline() -> None:
+    rng = random.Random(7)
+    garbage = bytes(rng.randrange(256) for _ in range(4096))
+    with pytest.raises(MailParseError):
+        parse_email(garbage)
+    with pytest.raises(MailParseError):
+        parse_email(b"")
+
+
+def test_transform_survives_hostile_input(fitted: FeaturePipeline) -> None:
+    rng = random.Random(11)
+    binary_body = bytes(rng.randrange(256) for _ in range(20_000))
+    raws = [
+        # Headers, then binary junk declared as text in an unknown charset.
+        b"From: x@junk.example\r\nSubject: \xff\xfe\x00\r\n"
+        b"Content-Type: text/plain; charset=x-unknown-42\r\n\r\n" + binary_body,
+        # Empty body and no useful header.
+        b"Subject: \r\n\r\n",
+        b"From: a@b.example\r\n\r\n",
+        # Text without headers.
+        b"just some words, no headers at all\n",
+        # Huge: 8 MB of words, long runs of word characters and unclosed tags.
+        b"From: big@huge.example\r\nSubject: big\r\nContent-Type: text/html\r\n\r\n"
+        + b"<p>free money " * 200_000
+        + b"A" * 2_000_000
+        + b"<a href='http://a.example/'" * 50_000,
+        # Broken MIME: a boundary that never appears, a bad base64 payload.
+        b"From: m@mime.example\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n"
+        b"--nope\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!notbase64!!!\r\n",
+    ]
+    parsed = [parse_email(raw) for raw in raws]
+    x = fitted.transform(parsed)
+    assert x.shape == (len(raws), 527)
+    assert np.isfinite(x).all()
+    assert check_features(x, fitted.spec) == []
+    # And an empty batch.
+    assert fitted.transform([]).shape == (0, 527)
