@@ -23,6 +23,8 @@ from spamops_runtime.settings import PlatformSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_TOOLS = REPO_ROOT / ".spamops" / "tools"
+# The corpus is downloaded once per checkout and shared by every test stack.
+SHARED_CORPUS = REPO_ROOT / ".spamops" / "cache" / "corpus"
 
 StackFactory = Callable[..., PlatformSettings]
 
@@ -43,7 +45,7 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 def free_port_settings(home: Path) -> PlatformSettings:
     """Settings of a stack in ``home`` on free ports (ignoring SPAMOPS_* overrides)."""
-    kafka, controller, redis, mlflow, http, grpc, metrics = free_ports(7)
+    kafka, controller, redis, mlflow, http, grpc, metrics, *service_ports = free_ports(11)
     return PlatformSettings(
         home=home,
         host="127.0.0.1",
@@ -59,27 +61,14 @@ def free_port_settings(home: Path) -> PlatformSettings:
         mlflow_tracking_uri=None,
         triton_url=None,
         triton_http_url=None,
+        corpus_cache=SHARED_CORPUS,
+        service_ports=dict(zip(local_stack.SERVICE_NAMES, service_ports, strict=True)),
     )
 
 
 def settings_env(settings: PlatformSettings) -> dict[str, str]:
     """SPAMOPS_* variables that make ``PlatformSettings()`` describe ``settings``."""
-    return {
-        "SPAMOPS_HOME": str(settings.state_dir),
-        "SPAMOPS_HOST": settings.host,
-        "SPAMOPS_KAFKA_PORT": str(settings.kafka_port),
-        "SPAMOPS_KAFKA_CONTROLLER_PORT": str(settings.kafka_controller_port),
-        "SPAMOPS_REDIS_PORT": str(settings.redis_port),
-        "SPAMOPS_MLFLOW_PORT": str(settings.mlflow_port),
-        "SPAMOPS_TRITON_HTTP_PORT": str(settings.triton_http_port),
-        "SPAMOPS_TRITON_GRPC_PORT": str(settings.triton_grpc_port),
-        "SPAMOPS_TRITON_METRICS_PORT": str(settings.triton_metrics_port),
-        "SPAMOPS_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap,
-        "SPAMOPS_REDIS_URL": settings.redis,
-        "SPAMOPS_MLFLOW_TRACKING_URI": settings.mlflow_uri,
-        "SPAMOPS_TRITON_URL": settings.triton_grpc,
-        "SPAMOPS_TRITON_HTTP_URL": settings.triton_http,
-    }
+    return settings.to_env()
 
 
 @pytest.fixture(scope="session")
@@ -102,7 +91,9 @@ def stack_factory(
     """
     started: list[PlatformSettings] = []
 
-    def start(components: Iterable[str] | None = None, name: str = "stack") -> PlatformSettings:
+    def start(
+        components: Iterable[str] | None = local_stack.INFRASTRUCTURE_NAMES, name: str = "stack"
+    ) -> PlatformSettings:
         settings = free_port_settings(tmp_path_factory.mktemp(name))
         started.append(settings)
         local_stack.up(settings, components=components)
@@ -120,7 +111,11 @@ def stack(stack_factory: StackFactory) -> PlatformSettings:
     """The session's real local stack, all components ready, topics created."""
     if os.environ.get("SPAMOPS_IT_STACK") == "running":
         settings = PlatformSettings()
-        not_ready = [s.name for s in local_stack.status(settings) if not s.ready]
+        not_ready = [
+            s.name
+            for s in local_stack.status(settings)
+            if s.name in local_stack.INFRASTRUCTURE_NAMES and not s.ready
+        ]
         if not_ready:
             pytest.fail(f"SPAMOPS_IT_STACK=running but not ready: {not_ready} (spamops up)")
         return settings

@@ -28,7 +28,7 @@ def snapshots_dir(settings: PlatformSettings) -> Path:
 
 def corpus_cache_dir(settings: PlatformSettings) -> Path:
     """Where the corpus tarball and its extraction are cached."""
-    return settings.state_dir / "cache" / "corpus"
+    return settings.corpus_cache_dir
 
 
 def run_ingest(

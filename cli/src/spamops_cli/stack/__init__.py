@@ -1,4 +1,4 @@
-"""The local stack (Kafka, Redis, MLflow, Triton) as detached processes under ``.spamops/``.
+"""The local stack (Kafka, Redis, MLflow, Triton, the services) as processes in ``.spamops/``.
 
 ``up`` installs what is missing and starts each component, ``down`` stops what
 ``up`` started, ``status`` reports, ``ensure_topics`` creates the topic
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from spamops_cli.stack.manager import (
     COMPONENT_NAMES,
+    INFRASTRUCTURE_NAMES,
+    SERVICE_NAMES,
     ComponentStatus,
     down,
     install,
@@ -20,6 +22,8 @@ from spamops_cli.stack.topics import ensure_topics
 
 __all__ = [
     "COMPONENT_NAMES",
+    "INFRASTRUCTURE_NAMES",
+    "SERVICE_NAMES",
     "TOOLS_DIR_ENV",
     "ComponentStatus",
     "StackError",

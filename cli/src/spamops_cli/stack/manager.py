@@ -32,14 +32,18 @@ from spamops_cli.stack.process import (
     wait_group_gone,
 )
 from spamops_cli.stack.redis_server import Redis
+from spamops_cli.stack.services import SERVICES, Service
 from spamops_cli.stack.topics import ensure_topics_async
 from spamops_cli.stack.triton_server import Triton
 
 logger = logging.getLogger(__name__)
 
-# Start order; stopped in reverse.
-COMPONENTS: tuple[type[Component], ...] = (Kafka, Redis, MLflow, Triton)
+# Start order; stopped in reverse. The services start once the infrastructure is ready.
+INFRASTRUCTURE: tuple[type[Component], ...] = (Kafka, Redis, MLflow, Triton)
+COMPONENTS: tuple[type[Component], ...] = (*INFRASTRUCTURE, *SERVICES)
 COMPONENT_NAMES: tuple[str, ...] = tuple(c.name for c in COMPONENTS)
+INFRASTRUCTURE_NAMES: tuple[str, ...] = tuple(c.name for c in INFRASTRUCTURE)
+SERVICE_NAMES: tuple[str, ...] = tuple(c.name for c in SERVICES)
 UNKNOWN_STOP_TIMEOUT = 30.0
 
 
@@ -102,16 +106,20 @@ def up(
                 logger.info("%s: wiping %s", component.name, component.data_dir)
                 shutil.rmtree(component.data_dir, ignore_errors=True)
         install(settings, [c.name for c in selected])
-        started: dict[str, float] = {}
-        for component in selected:
-            if component.running_pid() is None:
-                _start(component)
-                started[component.name] = time.monotonic()
-        for component in selected:
-            _wait_ready(component, started.get(component.name))
-            if isinstance(component, Kafka):
-                # The local broker, even if SPAMOPS_KAFKA_BOOTSTRAP_SERVERS points elsewhere.
-                run_sync(partial(ensure_topics_async, component.endpoint()))
+        infrastructure = [c for c in selected if not isinstance(c, Service)]
+        services = [c for c in selected if isinstance(c, Service)]
+        # Services need Kafka and its topics: they start in a second wave.
+        for wave in (infrastructure, services):
+            started: dict[str, float] = {}
+            for component in wave:
+                if component.running_pid() is None:
+                    _start(component)
+                    started[component.name] = time.monotonic()
+            for component in wave:
+                _wait_ready(component, started.get(component.name))
+                if isinstance(component, Kafka):
+                    # The local broker, even if SPAMOPS_KAFKA_BOOTSTRAP_SERVERS points elsewhere.
+                    run_sync(partial(ensure_topics_async, component.endpoint()))
 
 
 def _start(component: Component) -> None:
@@ -184,8 +192,11 @@ def _stop(paths: StackPaths, components: list[Component], *, others: bool = Fals
         names = set(COMPONENT_NAMES)
         extra = [p for p in sorted(paths.run.glob("*.pid")) if p.stem not in names]
         _stop_pid_files([(p, None) for p in extra])
-    # No ordering is needed between the infrastructure processes: stop them together.
-    _stop_pid_files([(c.pid_file, c) for c in reversed(components)])
+    # Services first, while Kafka is still there for their last commits; no ordering
+    # is needed between the infrastructure processes: stop them together.
+    services = [c for c in components if isinstance(c, Service)]
+    _stop_pid_files([(c.pid_file, c) for c in reversed(services)])
+    _stop_pid_files([(c.pid_file, c) for c in reversed(components) if c not in services])
 
 
 def _is_ours(pid: int, component: Component | None) -> bool:

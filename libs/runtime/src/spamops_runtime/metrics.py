@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 EVENTS_CONSUMED = Counter(
     "spamops_events_consumed_total",
@@ -28,6 +28,12 @@ HANDLER_SECONDS = Histogram(
     "spamops_handler_seconds",
     "Time spent in a handler per record.",
     ["service", "topic"],
+)
+
+SERVICE_READY = Gauge(
+    "spamops_service_ready",
+    "1 once the service is connected to Kafka and consuming, 0 while starting or stopping.",
+    ["service"],
 )
 
 

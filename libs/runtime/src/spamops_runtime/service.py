@@ -11,7 +11,7 @@ from faststream.specification import AsyncAPI
 
 from spamops_runtime.kafka import make_broker
 from spamops_runtime.logs import configure_logging
-from spamops_runtime.metrics import start_metrics_server
+from spamops_runtime.metrics import SERVICE_READY, start_metrics_server
 from spamops_runtime.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -33,18 +33,24 @@ def service_app(service: str, settings: ServiceSettings, broker: KafkaBroker) ->
 
     @app.on_startup
     async def _start_metrics() -> None:
-        start_metrics_server(settings.metrics_port, settings.platform.host)
+        SERVICE_READY.labels(service).set(0)
+        start_metrics_server(settings.metrics_listen_port, settings.platform.host)
         logger.info(
             "service starting",
             extra={
                 "kafka": settings.platform.kafka_bootstrap,
-                "metrics_port": settings.metrics_port,
+                "metrics_port": settings.metrics_listen_port,
             },
         )
 
     @app.after_startup
     async def _started() -> None:
+        SERVICE_READY.labels(service).set(1)  # what `spamops up` waits for
         logger.info("service ready")
+
+    @app.on_shutdown
+    async def _stopping() -> None:
+        SERVICE_READY.labels(service).set(0)
 
     @app.after_shutdown
     async def _stopped() -> None:

@@ -7,11 +7,21 @@ class with a service prefix, e.g. ``SPAMOPS_TRAINER_NUM_SAMPLES``.
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Where each service serves /metrics (and its readiness gauge) by default.
+DEFAULT_SERVICE_PORTS: dict[str, int] = {
+    "trainer": 9101,
+    "registry-bridge": 9102,
+    "inference": 9103,
+    "monitor": 9104,
+}
 
 
 class PlatformSettings(BaseSettings):
@@ -41,6 +51,15 @@ class PlatformSettings(BaseSettings):
     triton_http_url: str | None = Field(
         default=None, description="Overrides host:triton_http_port."
     )
+    service_ports: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_SERVICE_PORTS),
+        description="Prometheus /metrics port of each service (JSON object in the environment).",
+    )
+    corpus_cache: Path | None = Field(
+        default=None,
+        description="Cache of the downloaded corpus (default <home>/cache/corpus); "
+        "several state directories may share one.",
+    )
     model_name: str = Field(default="spam-detector", description="MLflow registered model.")
     log_level: str = Field(default="INFO")
     log_format: str = Field(default="json", description="json or text.")
@@ -49,6 +68,13 @@ class PlatformSettings(BaseSettings):
     def state_dir(self) -> Path:
         """Absolute path of the state directory."""
         return self.home.expanduser().resolve()
+
+    @property
+    def corpus_cache_dir(self) -> Path:
+        """Where the corpus tarball and its extraction are cached."""
+        if self.corpus_cache is not None:
+            return self.corpus_cache.expanduser().resolve()
+        return self.state_dir / "cache" / "corpus"
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -75,16 +101,57 @@ class PlatformSettings(BaseSettings):
         """Triton HTTP endpoint (host:port) for tritonclient and the repository API."""
         return self.triton_http_url or f"{self.host}:{self.triton_http_port}"
 
+    def to_env(self) -> dict[str, str]:
+        """SPAMOPS_* variables that make ``PlatformSettings()`` in a child process equal this.
+
+        The endpoints are written resolved, so overrides survive the hop.
+        """
+        return {
+            "SPAMOPS_HOME": str(self.state_dir),
+            "SPAMOPS_HOST": self.host,
+            "SPAMOPS_KAFKA_PORT": str(self.kafka_port),
+            "SPAMOPS_KAFKA_CONTROLLER_PORT": str(self.kafka_controller_port),
+            "SPAMOPS_REDIS_PORT": str(self.redis_port),
+            "SPAMOPS_MLFLOW_PORT": str(self.mlflow_port),
+            "SPAMOPS_TRITON_HTTP_PORT": str(self.triton_http_port),
+            "SPAMOPS_TRITON_GRPC_PORT": str(self.triton_grpc_port),
+            "SPAMOPS_TRITON_METRICS_PORT": str(self.triton_metrics_port),
+            "SPAMOPS_KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
+            "SPAMOPS_REDIS_URL": self.redis,
+            "SPAMOPS_MLFLOW_TRACKING_URI": self.mlflow_uri,
+            "SPAMOPS_TRITON_URL": self.triton_grpc,
+            "SPAMOPS_TRITON_HTTP_URL": self.triton_http,
+            "SPAMOPS_SERVICE_PORTS": json.dumps(self.service_ports),
+            "SPAMOPS_MODEL_NAME": self.model_name,
+            "SPAMOPS_LOG_LEVEL": self.log_level,
+            "SPAMOPS_LOG_FORMAT": self.log_format,
+            "SPAMOPS_CORPUS_CACHE": str(self.corpus_cache_dir),
+        }
+
 
 class ServiceSettings(BaseSettings):
     """Base of a service's own settings; subclasses set ``env_prefix`` (SPAMOPS_<NAME>_)."""
 
     model_config = SettingsConfigDict(env_prefix="SPAMOPS_SERVICE_", extra="ignore")
 
+    # The service's name in PlatformSettings.service_ports (set by each subclass).
+    service_name: ClassVar[str] = ""
+
     platform: PlatformSettings = Field(default_factory=PlatformSettings)
-    metrics_port: int = Field(default=0, description="Prometheus /metrics port; 0 = disabled.")
+    metrics_port: int | None = Field(
+        default=None,
+        description="Prometheus /metrics port; 0 = disabled; unset = the platform's "
+        "service_ports entry of this service.",
+    )
     group_id: str = Field(default="", description="Kafka consumer group of the service.")
     max_attempts: int = Field(
         default=3, description="Tries of a failing handler before its record is dead-lettered."
     )
     retry_backoff_seconds: float = Field(default=1.0, description="First retry delay (doubles).")
+
+    @property
+    def metrics_listen_port(self) -> int:
+        """The /metrics port in effect (0 = disabled)."""
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return self.platform.service_ports.get(self.service_name, 0)

@@ -11,5 +11,5 @@ class InferenceSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="SPAMOPS_INFERENCE_", extra="ignore")
 
-    metrics_port: int = 9103
+    service_name = "inference"
     group_id: str = "spamops-inference"

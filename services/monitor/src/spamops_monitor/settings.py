@@ -11,5 +11,5 @@ class MonitorSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="SPAMOPS_MONITOR_", extra="ignore")
 
-    metrics_port: int = 9104
+    service_name = "monitor"
     group_id: str = "spamops-monitor"

@@ -11,5 +11,5 @@ class RegistryBridgeSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="SPAMOPS_REGISTRY_BRIDGE_", extra="ignore")
 
-    metrics_port: int = 9102
+    service_name = "registry-bridge"
     group_id: str = "spamops-registry-bridge"

@@ -12,7 +12,7 @@ class TrainerSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="SPAMOPS_TRAINER_", extra="ignore")
 
-    metrics_port: int = 9101
+    service_name = "trainer"
     group_id: str = "spamops-trainer"
 
     experiment: str = Field(default="spam-detector", description="MLflow experiment name.")

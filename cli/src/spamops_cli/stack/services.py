@@ -1,0 +1,98 @@
+"""The four spamops services as processes of the local stack.
+
+Each runs ``python -m spamops_<name>`` from the workspace's environment, with
+the stack's settings exported as SPAMOPS_* variables, and is ready when its
+/metrics endpoint reports ``spamops_service_ready 1`` (FastStream started,
+broker connected, subscribers consuming).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import ClassVar
+
+import httpx
+
+from spamops_cli.stack.component import Component
+
+
+class Service(Component):
+    """A spamops service (FastStream app) started beside Kafka, Redis, MLflow and Triton."""
+
+    module: ClassVar[str]
+    start_timeout = 120.0  # imports (ray, mlflow, feast) take a while on a cold disk
+    stop_timeout = 60.0  # lets an in-flight handler finish and commit
+
+    @property
+    def metrics_port(self) -> int:
+        """Where the service serves /metrics and its readiness gauge."""
+        return self.settings.service_ports[self.name]
+
+    def ports(self) -> list[int]:
+        """The metrics port (Kafka is reached as a client)."""
+        return [self.metrics_port]
+
+    def endpoint(self) -> str:
+        """Prometheus metrics URL."""
+        return f"http://{self.settings.host}:{self.metrics_port}/metrics"
+
+    def cmdline_marker(self) -> str:
+        """``-m spamops_<name>``."""
+        return f"-m {self.module}"
+
+    def prepare(self) -> None:
+        """Create the data directory (the process's working directory)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def command(self) -> list[str]:
+        """The service's entry point in the interpreter running the CLI (the workspace venv)."""
+        return [sys.executable, "-m", self.module]
+
+    def env(self) -> dict[str, str]:
+        """The caller's environment plus the stack's settings, which win."""
+        env = super().env()
+        env.update(self.settings.to_env())
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def is_ready(self, timeout: float = 2.0) -> bool:
+        """``spamops_service_ready{service="<name>"} 1.0`` on /metrics."""
+        try:
+            response = httpx.get(self.endpoint(), timeout=timeout)
+        except httpx.HTTPError:
+            return False
+        pattern = rf'^spamops_service_ready\{{service="{re.escape(self.name)}"\}} 1\.0$'
+        return response.status_code == 200 and re.search(pattern, response.text, re.M) is not None
+
+
+class Trainer(Service):
+    """DatasetReady / DriftDetected -> ModelTrained."""
+
+    name = "trainer"
+    module = "spamops_trainer"
+    stop_timeout = 120.0  # a training in progress is given time to finish its trial
+
+
+class RegistryBridge(Service):
+    """ModelTrained / PromotionApproved -> MLflow registry and Triton."""
+
+    name = "registry-bridge"
+    module = "spamops_registry_bridge"
+
+
+class Inference(Service):
+    """emails.inbox -> emails.verdicts through Triton."""
+
+    name = "inference"
+    module = "spamops_inference"
+
+
+class Monitor(Service):
+    """emails.verdicts + emails.feedback -> monitoring.drift."""
+
+    name = "monitor"
+    module = "spamops_monitor"
+
+
+SERVICES: tuple[type[Service], ...] = (Trainer, RegistryBridge, Inference, Monitor)
