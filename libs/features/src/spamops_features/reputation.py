@@ -1,0 +1,558 @@
+"""Sender-domain reputation through Feast: one implementation for training and serving.
+
+The three model inputs ``REPUTATION_NAMES`` (``pipeline.py``) describe what was
+known about an email's sender domain *when the email arrived*:
+
+* ``rep_messages_seen``: labelled messages of the domain known so far;
+* ``rep_spam_rate``: ``(1 + spam) / (2 + seen)``, a Laplace prior, so an unseen
+  domain gets 0.5 exactly like ``REPUTATION_DEFAULTS``;
+* ``rep_days_since_first_seen``: days from the domain's first labelled message
+  to the email (computed at request time from ``rep_first_seen_ts``), >= 0.
+
+Feast objects (``feature_definitions``): the entity ``sender_domain``; a
+``FileSource`` over a parquet file of reputation *states*; a ``PushSource``
+``sender_reputation_push`` wrapping it; the feature view ``sender_reputation``.
+Each offline row is the cumulative state of one domain right after a label
+became known: (sender_domain, event_timestamp = label time, rep_messages_seen,
+rep_spam_count, rep_spam_rate, rep_first_seen_ts). A point-in-time join at an
+email's Date therefore returns the state of its domain as of that Date.
+
+Training (``ReputationStore.historical``), the no-leak rules:
+
+* only the TRAIN split of the snapshot produces label events: validation and
+  test labels never inform any feature, so the held-out metrics are honest;
+* the label of an email dated ``t`` becomes known at ``t + LABEL_DELAY``
+  (1 second): it is delivered first, labelled afterwards. An email therefore
+  never sees its own label, nor the label of another email of its domain dated
+  the same second (ties are treated alike whatever their order in the file);
+* emails without a Date, and train emails without a Date as label events,
+  cannot be placed in time: they get ``REPUTATION_DEFAULTS`` / produce no
+  event. Emails without a sender domain ("") get the defaults too: "" is not a
+  sender anyone has a reputation for.
+
+``historical`` rewrites the store's event file from the snapshot, so training
+features are a pure function of the snapshot (feedback reaches training
+through the next snapshot, DESIGN section 1, not through this file).
+
+Serving (``ReputationStore.online``) reads Redis through
+``get_online_features``; an unseen domain gets the defaults, and a Redis error
+gives the defaults for the whole batch plus ``degraded=True`` and a logged
+warning (a verdict without reputation beats no verdict). ``push_label`` turns an
+EmailLabeled into the next state of the domain and pushes it online and
+offline. ``materialize`` copies the latest states of the event file (e.g. the
+training snapshot's) into Redis.
+
+Each process keeps its own repo directory (registry and event file, written by
+``write_feature_repo`` + ``apply_repo``); Redis is the state they share.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, NamedTuple
+from urllib.parse import urlparse
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from feast import Entity, FeatureStore, FeatureView, Field, FileSource, PushSource, ValueType
+from feast.data_source import PushMode
+from feast.types import Float32, Float64
+
+from spamops_features.pipeline import REPUTATION_DEFAULTS, REPUTATION_NAMES
+
+__all__ = [
+    "ENTITY_NAME",
+    "EVENTS_FILE",
+    "FEATURE_VIEW_NAME",
+    "LABEL_DELAY",
+    "PROJECT",
+    "PUSH_SOURCE_NAME",
+    "STATE_COLUMNS",
+    "OnlineReputation",
+    "ReputationState",
+    "ReputationStore",
+    "apply_repo",
+    "feature_definitions",
+    "redis_connection_string",
+    "reputation_rows",
+    "train_label_events",
+    "write_feature_repo",
+]
+
+logger = logging.getLogger(__name__)
+
+PROJECT: Final = "spamops"
+ENTITY_NAME: Final = "sender_domain"
+FEATURE_VIEW_NAME: Final = "sender_reputation"
+PUSH_SOURCE_NAME: Final = "sender_reputation_push"
+FILE_SOURCE_NAME: Final = "sender_reputation_events"
+EVENTS_FILE: Final = "sender_reputation_events.parquet"
+TIMESTAMP_COLUMN: Final = "event_timestamp"
+# A label is known this long after its email's Date (see the module docstring).
+LABEL_DELAY: Final = timedelta(seconds=1)
+# States never expire: the corpus is from 2002, and a ttl is checked against "now"
+# by some online paths. Feast reads a ttl of 0 as "lives forever".
+FEATURE_TTL: Final = timedelta(0)
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_SECONDS_PER_DAY: Final = 86_400.0
+# Redis socket timeouts (seconds): a hung Redis must not stall the verdict path.
+DEFAULT_REDIS_TIMEOUT: Final = 0.5
+
+# Columns of the event file, in file order (a push must carry exactly these).
+STATE_COLUMNS: Final[tuple[str, ...]] = (
+    ENTITY_NAME,
+    TIMESTAMP_COLUMN,
+    "rep_messages_seen",
+    "rep_spam_count",
+    "rep_spam_rate",
+    "rep_first_seen_ts",  # unix seconds of the domain's first labelled message
+)
+_FEATURES: Final[tuple[str, ...]] = STATE_COLUMNS[2:]
+_FEATURE_REFS: Final = [f"{FEATURE_VIEW_NAME}:{name}" for name in _FEATURES]
+_EVENTS_SCHEMA: Final = pa.schema(
+    [
+        pa.field(ENTITY_NAME, pa.string()),
+        pa.field(TIMESTAMP_COLUMN, pa.timestamp("us", tz="UTC")),
+        pa.field("rep_messages_seen", pa.float32()),
+        pa.field("rep_spam_count", pa.float32()),
+        pa.field("rep_spam_rate", pa.float32()),
+        # float64: float32 seconds since 1970 would be off by up to a minute.
+        pa.field("rep_first_seen_ts", pa.float64()),
+    ]
+)
+_LABELS: Final = frozenset({"spam", "ham"})
+
+
+# ------------------------------------------------------------------ feature repo
+def redis_connection_string(url: str, timeout: float = DEFAULT_REDIS_TIMEOUT) -> str:
+    """Feast's Redis ``connection_string`` (``host:port,db=N,...``) for a ``redis://`` URL.
+
+    A plain ``host:port`` is accepted as well. Socket timeouts are added so that
+    a Redis that hangs fails fast instead of stalling the caller.
+    """
+    if "://" in url:
+        parsed = urlparse(url)
+        host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
+        db = parsed.path.strip("/") or "0"
+        options = [f"{host}:{port}", f"db={int(db)}"]
+        if parsed.password:
+            options.append(f"password={parsed.password}")
+        if parsed.scheme == "rediss":
+            options.append("ssl=true")
+    else:
+        options = [url]
+    options += [f"socket_timeout={timeout}", f"socket_connect_timeout={timeout}"]
+    return ",".join(options)
+
+
+def write_feature_repo(
+    directory: str | Path,
+    redis: str | None,
+    *,
+    redis_timeout: float = DEFAULT_REDIS_TIMEOUT,
+) -> FeatureStore:
+    """Write ``feature_store.yaml`` into ``directory`` (created) and open the store.
+
+    ``redis`` is a ``redis://host:port/db`` URL or ``host:port``; None uses a
+    SQLite online store in the directory instead (offline-only use, tests).
+    The registry and the event file live in ``directory``. Call ``apply_repo``
+    on the result before using it (idempotent).
+    """
+    path = Path(directory).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    online: dict[str, Any]
+    if redis is None:
+        online = {"type": "sqlite", "path": str(path / "online_store.db")}
+    else:
+        online = {
+            "type": "redis",
+            "connection_string": redis_connection_string(redis, redis_timeout),
+        }
+    config = {
+        "project": PROJECT,
+        "provider": "local",
+        "registry": {
+            "registry_type": "file",
+            "path": str(path / "registry.db"),
+            "cache_ttl_seconds": 60,
+        },
+        "offline_store": {"type": "file"},
+        "online_store": online,
+        # Feast 0.67 defaults to 3 and warns below it.
+        "entity_key_serialization_version": 3,
+    }
+    # JSON is valid YAML: no YAML writer needed.
+    (path / "feature_store.yaml").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return FeatureStore(repo_path=str(path))
+
+
+def _events_path(store: FeatureStore) -> Path:
+    return Path(store.repo_path) / EVENTS_FILE
+
+
+def feature_definitions(events_path: str | Path) -> list[Any]:
+    """The Feast objects: entity, file source, push source, feature view (in apply order)."""
+    entity = Entity(
+        name=ENTITY_NAME,
+        join_keys=[ENTITY_NAME],
+        value_type=ValueType.STRING,
+        description="The domain of the From address, lower case.",
+    )
+    events = FileSource(
+        name=FILE_SOURCE_NAME,
+        path=str(Path(events_path).resolve()),
+        timestamp_field=TIMESTAMP_COLUMN,
+        description="Cumulative reputation states, one row per label event.",
+    )
+    push = PushSource(name=PUSH_SOURCE_NAME, batch_source=events)
+    view = FeatureView(
+        name=FEATURE_VIEW_NAME,
+        entities=[entity],
+        ttl=FEATURE_TTL,
+        schema=[
+            Field(name="rep_messages_seen", dtype=Float32),
+            Field(name="rep_spam_count", dtype=Float32),
+            Field(name="rep_spam_rate", dtype=Float32),
+            Field(name="rep_first_seen_ts", dtype=Float64),
+        ],
+        source=push,
+        online=True,
+        description="Sender-domain reputation as known at each label event.",
+    )
+    return [entity, events, push, view]
+
+
+def _write_events(path: Path, rows: pd.DataFrame) -> None:
+    """Replace the event file atomically (a reader never sees half a file)."""
+    table = pa.Table.from_pandas(rows.loc[:, list(STATE_COLUMNS)], preserve_index=False)
+    table = table.cast(_EVENTS_SCHEMA)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".events-", suffix=".parquet")
+    os.close(handle)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def apply_repo(store: FeatureStore) -> None:
+    """Register the definitions (``store.apply``) and create an empty event file if none.
+
+    Called by the services at start-up (and by tests); idempotent.
+    """
+    path = _events_path(store)
+    if not path.exists():
+        # The file store's push appends to the existing file: it must exist.
+        _write_events(path, _empty_rows())
+    store.apply(feature_definitions(path))
+
+
+# ---------------------------------------------------------------- offline rows
+def _empty_rows() -> pd.DataFrame:
+    rows: pd.DataFrame = _EVENTS_SCHEMA.empty_table().to_pandas()
+    return rows
+
+
+def _normalize_domains(values: pd.Series) -> pd.Series:
+    return values.fillna("").astype(str).str.strip().str.lower()
+
+
+def _utc(values: pd.Series) -> pd.Series:
+    return pd.to_datetime(values, utc=True).astype("datetime64[us, UTC]")
+
+
+def _spam_rate(spam: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    return ((1.0 + spam) / (2.0 + seen)).astype(np.float32)
+
+
+def reputation_rows(labels: pd.DataFrame) -> pd.DataFrame:
+    """Cumulative reputation states from label events: the offline rows of the feature view.
+
+    ``labels`` has ``sender_domain``, ``date`` (the email's Date, UTC) and
+    ``label`` (spam | ham). Rows without a Date or a domain are dropped (they
+    cannot be placed in time / belong to no sender). Each remaining email's label
+    becomes known at ``date + LABEL_DELAY``; the result has one row per
+    (domain, label time) with the state after every label known by then:
+    messages seen, spam count, ``(1 + spam) / (2 + seen)`` and the unix time of
+    the domain's first labelled Date. Columns ``STATE_COLUMNS``, sorted by
+    domain and time; deterministic for the same input in any order.
+    """
+    if not set(labels["label"].dropna().unique()) <= _LABELS:
+        raise ValueError(f"labels must be spam|ham, got {sorted(labels['label'].unique())}")
+    frame = pd.DataFrame(
+        {
+            ENTITY_NAME: _normalize_domains(labels["sender_domain"]),
+            "date": _utc(labels["date"]),
+            "spam": (labels["label"] == "spam").astype(np.int64),
+        }
+    )
+    frame = frame[frame["date"].notna() & (frame[ENTITY_NAME] != "")]
+    if frame.empty:
+        return _empty_rows()
+    # Per (domain, instant): how many labels, how many spam. Ties collapse into one
+    # state, so their order in the input cannot matter.
+    grouped = (
+        frame.groupby([ENTITY_NAME, "date"], sort=True)["spam"].agg(["size", "sum"]).reset_index()
+    )
+    by_domain = grouped.groupby(ENTITY_NAME, sort=False)
+    seen = by_domain["size"].cumsum().to_numpy(dtype=np.float64)
+    spam = by_domain["sum"].cumsum().to_numpy(dtype=np.float64)
+    first = by_domain["date"].transform("min")
+    rows = pd.DataFrame(
+        {
+            ENTITY_NAME: grouped[ENTITY_NAME].astype(str),
+            TIMESTAMP_COLUMN: grouped["date"] + LABEL_DELAY,
+            "rep_messages_seen": seen.astype(np.float32),
+            "rep_spam_count": spam.astype(np.float32),
+            "rep_spam_rate": _spam_rate(spam, seen),
+            "rep_first_seen_ts": _unix_seconds(first),
+        }
+    )
+    return rows.reset_index(drop=True)
+
+
+def _unix_seconds(values: pd.Series) -> np.ndarray:
+    micros = values.astype("datetime64[us, UTC]").astype("int64").to_numpy()
+    return np.asarray(micros, dtype=np.float64) / 1e6
+
+
+def train_label_events(frame: pd.DataFrame) -> pd.DataFrame:
+    """The label events of a snapshot frame: its TRAIN split only."""
+    train = frame[frame["split"] == "train"]
+    return train.loc[:, ["sender_domain", "date", "label"]]
+
+
+def _features(
+    seen: np.ndarray, rate: np.ndarray, first_seen_ts: np.ndarray, at_ts: np.ndarray
+) -> np.ndarray:
+    """``[n, 3]`` float32 in REPUTATION_NAMES order; NaN state (unseen) -> defaults."""
+    days = np.maximum((at_ts - first_seen_ts) / _SECONDS_PER_DAY, 0.0)
+    out = np.column_stack([seen, rate, days]).astype(np.float32)
+    unseen = ~np.isfinite(out).all(axis=1)
+    out[unseen] = REPUTATION_DEFAULTS
+    return out
+
+
+# ---------------------------------------------------------------------- store
+class OnlineReputation(NamedTuple):
+    """``online`` result: ``values`` ``[n, 3]`` float32; ``degraded`` when Redis failed."""
+
+    values: np.ndarray
+    degraded: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ReputationState:
+    """The stored state of one domain (what ``push_label`` advances)."""
+
+    messages_seen: float = 0.0
+    spam_count: float = 0.0
+    first_seen: datetime | None = None
+
+    @property
+    def spam_rate(self) -> float:
+        """``(1 + spam) / (2 + seen)``."""
+        return (1.0 + self.spam_count) / (2.0 + self.messages_seen)
+
+
+class ReputationStore:
+    """Reputation features for the trainer (offline) and the inference service (online)."""
+
+    def __init__(self, store: FeatureStore) -> None:
+        self.store = store
+
+    @classmethod
+    def open(
+        cls, directory: str | Path, redis: str | None, *, apply: bool = True
+    ) -> ReputationStore:
+        """``write_feature_repo`` + ``apply_repo`` (when ``apply``) in one call."""
+        store = write_feature_repo(directory, redis)
+        if apply:
+            apply_repo(store)
+        return cls(store)
+
+    @property
+    def events_path(self) -> Path:
+        """The parquet file behind the feature view."""
+        return _events_path(self.store)
+
+    # -------------------------------------------------------------- offline
+    def historical(self, frame: pd.DataFrame) -> np.ndarray:
+        """``[len(frame), 3]`` float32 reputation of each email of a snapshot frame.
+
+        ``frame`` has ``date``, ``sender_domain``, ``label`` and ``split``. The
+        event file is rewritten from the TRAIN rows (``reputation_rows``), then
+        Feast's point-in-time join reads, for each email, its domain's state as
+        of its Date. Rows keep the frame's order. See the module docstring for
+        what is visible when.
+        """
+        self.write_events(reputation_rows(train_label_events(frame)))
+        return self.lookup(frame["sender_domain"], frame["date"])
+
+    def write_events(self, rows: pd.DataFrame) -> None:
+        """Replace the event file with these ``STATE_COLUMNS`` rows (``reputation_rows``)."""
+        _write_events(self.events_path, rows)
+
+    def lookup(
+        self, domains: Sequence[str] | pd.Series, dates: Sequence[Any] | pd.Series
+    ) -> np.ndarray:
+        """Point-in-time reputation of (domain, Date) pairs against the current event file."""
+        n = len(domains)
+        if len(dates) != n:
+            raise ValueError(f"{n} domains but {len(dates)} dates")
+        query = pd.DataFrame(
+            {
+                ENTITY_NAME: _normalize_domains(pd.Series(list(domains), dtype=object)),
+                TIMESTAMP_COLUMN: _utc(pd.Series(list(dates), dtype=object)),
+            }
+        )
+        out = np.broadcast_to(REPUTATION_DEFAULTS, (n, len(REPUTATION_NAMES))).copy()
+        known = query[query[TIMESTAMP_COLUMN].notna() & (query[ENTITY_NAME] != "")]
+        if known.empty:
+            return out
+        # Feast keeps one result per (key, timestamp): query each distinct pair once.
+        pairs = known.drop_duplicates().reset_index(drop=True)
+        pairs["pair_id"] = np.arange(len(pairs), dtype=np.int64)
+        job = self.store.get_historical_features(entity_df=pairs, features=list(_FEATURE_REFS))
+        result = job.to_df().set_index("pair_id").reindex(pairs["pair_id"])
+        values = _features(
+            result["rep_messages_seen"].to_numpy(dtype=np.float64),
+            result["rep_spam_rate"].to_numpy(dtype=np.float64),
+            result["rep_first_seen_ts"].to_numpy(dtype=np.float64),
+            _unix_seconds(pairs[TIMESTAMP_COLUMN]),
+        )
+        position = known.merge(pairs, on=[ENTITY_NAME, TIMESTAMP_COLUMN], how="left")["pair_id"]
+        out[known.index.to_numpy()] = values[position.to_numpy()]
+        return out
+
+    def materialize(self, end: datetime | None = None) -> None:
+        """Copy each domain's latest state up to ``end`` (default now) into the online store.
+
+        Reads the whole event file (states never expire); Redis keeps a newer
+        state it already has (e.g. from a later ``push_label``).
+        """
+        end = end or datetime.now(UTC)
+        self.store.materialize(start_date=_EPOCH, end_date=end, feature_views=[FEATURE_VIEW_NAME])
+
+    # --------------------------------------------------------------- online
+    def _read_states(self, domains: Sequence[str]) -> dict[str, ReputationState]:
+        """The stored state of each distinct domain (raises on an online store error)."""
+        response = self.store.get_online_features(
+            features=list(_FEATURE_REFS),
+            entity_rows=[{ENTITY_NAME: d} for d in domains],
+        ).to_dict()
+        states: dict[str, ReputationState] = {}
+        for i, domain in enumerate(domains):
+            seen = response["rep_messages_seen"][i]
+            if seen is None:
+                continue
+            first_ts = response["rep_first_seen_ts"][i]
+            states[domain] = ReputationState(
+                messages_seen=float(seen),
+                spam_count=float(response["rep_spam_count"][i] or 0.0),
+                first_seen=None
+                if first_ts is None
+                else datetime.fromtimestamp(float(first_ts), tz=UTC),
+            )
+        return states
+
+    def state(self, domain: str) -> ReputationState:
+        """The online state of one domain (all zeros when unseen); raises on a store error."""
+        key = _normalize_domains(pd.Series([domain])).iloc[0]
+        return self._read_states([key]).get(key, ReputationState()) if key else ReputationState()
+
+    def online(self, domains: Sequence[str], now: datetime) -> OnlineReputation:
+        """``[n, 3]`` float32 reputation of these sender domains at ``now`` (serving).
+
+        Unseen or empty domains get ``REPUTATION_DEFAULTS``. Any online store
+        error gives the defaults for all rows, a logged warning and
+        ``degraded=True`` (count it); it never raises.
+        """
+        n = len(domains)
+        out = np.broadcast_to(REPUTATION_DEFAULTS, (n, len(REPUTATION_NAMES))).copy()
+        keys = _normalize_domains(pd.Series(list(domains), dtype=object)).tolist()
+        distinct = sorted({k for k in keys if k})
+        if not distinct:
+            return OnlineReputation(out, degraded=False)
+        try:
+            states = self._read_states(distinct)
+        except Exception as exc:  # any Redis/Feast failure: serve without reputation
+            logger.warning("reputation lookup failed, using defaults: %r", exc)
+            return OnlineReputation(out, degraded=True, error=f"{type(exc).__name__}: {exc}")
+        now_ts = _aware(now).timestamp()
+        for i, key in enumerate(keys):
+            state = states.get(key)
+            if state is None:
+                continue
+            first = np.nan if state.first_seen is None else state.first_seen.timestamp()
+            out[i] = _features(
+                np.array([state.messages_seen]),
+                np.array([state.spam_rate]),
+                np.array([first]),
+                np.array([now_ts]),
+            )[0]
+        return OnlineReputation(out, degraded=False)
+
+    def push_label(
+        self,
+        domain: str,
+        label: str,
+        at: datetime,
+        *,
+        sent_at: datetime | None = None,
+    ) -> ReputationState:
+        """Record one EmailLabeled: read the domain's state, advance it, push it.
+
+        The new cumulative row (event time ``at``, when the label became known)
+        goes to Redis and to the event file (``PushMode.ONLINE_AND_OFFLINE``).
+        A new domain's first-seen time is ``sent_at`` (the email's Date) when
+        given, else ``at``. Returns the new state. Raises on a store error (the
+        caller retries or dead-letters: a silent reset would lose the counts).
+        Not atomic: concurrent pushes for one domain may lose an update.
+        """
+        if label not in _LABELS:
+            raise ValueError(f"label must be spam|ham, got {label!r}")
+        key = _normalize_domains(pd.Series([domain])).iloc[0]
+        if not key:
+            raise ValueError("an empty sender domain has no reputation")
+        at = _aware(at)
+        current = self.state(key)
+        first = current.first_seen or _aware(sent_at or at)
+        new = ReputationState(
+            messages_seen=current.messages_seen + 1,
+            spam_count=current.spam_count + (label == "spam"),
+            first_seen=min(first, _aware(sent_at)) if sent_at else first,
+        )
+        row = pd.DataFrame(
+            {
+                ENTITY_NAME: [key],
+                TIMESTAMP_COLUMN: _utc(pd.Series([at])),
+                "rep_messages_seen": np.array([new.messages_seen], dtype=np.float32),
+                "rep_spam_count": np.array([new.spam_count], dtype=np.float32),
+                "rep_spam_rate": np.array([new.spam_rate], dtype=np.float32),
+                "rep_first_seen_ts": np.array([_first_ts(new)], dtype=np.float64),
+            }
+        )
+        self.store.push(PUSH_SOURCE_NAME, row, to=PushMode.ONLINE_AND_OFFLINE)
+        return new
+
+
+def _first_ts(state: ReputationState) -> float:
+    assert state.first_seen is not None
+    return state.first_seen.timestamp()
+
+
+def _aware(value: datetime) -> datetime:
+    """Naive datetimes are taken as UTC (as Feast does)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
