@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from spamops_cli.corpus import CORPUS_GROUPS, TARBALL_NAME, integrity_of, iter_corpus
-from spamops_cli.snapshot import build_snapshot
+from spamops_features.snapshot import build_snapshot
 from spamops_features.snapshot_io import load_snapshot
 from spamops_runtime.settings import PlatformSettings
 

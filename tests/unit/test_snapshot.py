@@ -26,7 +26,7 @@ from spamops_cli.corpus import (
     label_for_group,
     read_labels,
 )
-from spamops_cli.snapshot import build_snapshot, stratified_split
+from spamops_features.snapshot import build_snapshot, stratified_split
 from spamops_features.snapshot_io import SNAPSHOT_SCHEMA, SnapshotError, load_snapshot
 from spamops_schemas import DatasetReady
 

@@ -6,11 +6,11 @@ import logging
 from pathlib import Path
 from typing import Literal
 
+from spamops_features.snapshot import build_snapshot
 from spamops_runtime.settings import PlatformSettings
 from spamops_schemas import DatasetReady
 
 from spamops_cli.corpus import CorpusError, iter_corpus, iter_user_messages
-from spamops_cli.snapshot import build_snapshot
 
 logger = logging.getLogger(__name__)
 

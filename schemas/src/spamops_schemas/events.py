@@ -83,6 +83,12 @@ class ModelTrained(Event):
     feature_spec_version: str = Field(description="Version of the feature spec (model inputs).")
     n_features: int = Field(gt=0, description="Number of model inputs.")
     training_seconds: float = Field(ge=0, description="Wall time of the whole training.")
+    threshold: float = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="Spam-probability decision threshold, chosen on the validation split.",
+    )
 
 
 class ModelRegistered(Event):

@@ -29,10 +29,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from spamops_schemas import DatasetReady, SplitCounts, TimeRange
+
 from spamops_features.mail import MailParseError, message_key, parse_email
 from spamops_features.snapshot_io import (
     SNAPSHOT_FILENAME,
@@ -40,9 +42,6 @@ from spamops_features.snapshot_io import (
     SnapshotError,
     load_snapshot,
 )
-from spamops_schemas import DatasetReady, SplitCounts, TimeRange
-
-from spamops_cli.corpus import CorpusMessage
 
 __all__ = [
     "PRODUCER",
@@ -55,7 +54,28 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PRODUCER: Final = "spamops-cli"
+
+class LabelledMessage(Protocol):
+    """What a snapshot is built from: the corpus reader's and the trainer's messages."""
+
+    @property
+    def source_id(self) -> str:
+        """Unique id of the message across the snapshot (``<group>/<id>``)."""
+
+    @property
+    def group(self) -> str:
+        """Source group (corpus folder, ``feedback``, ...)."""
+
+    @property
+    def label(self) -> str:
+        """``spam`` or ``ham``."""
+
+    @property
+    def raw(self) -> bytes:
+        """The RFC 822 bytes."""
+
+
+PRODUCER: Final = "spamops-cli"  # the default; the trainer passes its own name
 SPLITS: Final = ("train", "validation", "test")
 Split = Literal["train", "validation", "test"]
 Reason = Literal["initial", "drift", "manual"]
@@ -111,7 +131,7 @@ def stratified_split(
     return result
 
 
-def _parse_rows(messages: Iterable[CorpusMessage]) -> list[_Row]:
+def _parse_rows(messages: Iterable[LabelledMessage]) -> list[_Row]:
     rows: list[_Row] = []
     seen: set[str] = set()
     skipped = 0
@@ -192,13 +212,14 @@ def _write_atomically(data: bytes, path: Path) -> None:
 
 
 def build_snapshot(
-    messages: Iterable[CorpusMessage],
+    messages: Iterable[LabelledMessage],
     out_dir: Path,
     *,
     seed: int = 42,
     ratios: Sequence[float] = (0.7, 0.15, 0.15),
     reason: Reason = "initial",
     parent_dataset_id: str | None = None,
+    producer: str = PRODUCER,
 ) -> DatasetReady:
     """Write ``out_dir/<dataset_id>/snapshot.parquet`` and return its DatasetReady (unpublished).
 
@@ -225,7 +246,7 @@ def build_snapshot(
     dates = [row.date for row in rows if row.date is not None]
     split_counts = Counter(splits)
     event = DatasetReady(
-        producer=PRODUCER,
+        producer=producer,
         dataset_id=dataset_id,
         uri=path.as_uri(),
         sha256=sha256,

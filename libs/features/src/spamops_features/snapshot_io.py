@@ -1,6 +1,6 @@
 """Reading data-set snapshots: one content-addressed parquet file per data set.
 
-The writer lives in the CLI (``spamops_cli.snapshot``); the trainer reads with
+The writer is ``spamops_features.snapshot`` (CLI and trainer); the trainer reads with
 ``load_snapshot``, which refuses a file whose sha256 is not the one the
 DatasetReady event announced. The schema is defined here so writer and reader
 agree on it.

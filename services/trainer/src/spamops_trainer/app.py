@@ -44,6 +44,7 @@ def build_app(settings: TrainerSettings | None = None) -> FastStream:
         publish=publish,
         search=search_config(settings),
         threshold=settings.threshold,
+        max_val_fpr=settings.max_val_fpr,
     )
     subscribe_events(
         broker,

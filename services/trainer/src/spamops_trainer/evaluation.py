@@ -66,3 +66,30 @@ def evaluate(
         confusion=[[int(tn), int(fp)], [int(fn), int(tp)]],
         per_group=per_group,
     )
+
+
+def choose_threshold(
+    y_true: np.ndarray, probabilities: np.ndarray, *, max_fpr: float = 0.005
+) -> float:
+    """The decision threshold with the best F1 whose false-positive rate is at most ``max_fpr``.
+
+    Chosen on the validation split (never the test split). Candidates are a fixed
+    grid 0.05..0.95, so the choice is deterministic; ties go to the threshold
+    closest to 0.5. When no threshold meets ``max_fpr`` the best F1 wins.
+    """
+    grid = np.round(np.arange(0.05, 0.951, 0.01), 2)
+    ham = y_true == 0
+    spam = ~ham
+    best: tuple[bool, float, float] | None = None
+    chosen = 0.5
+    for threshold in grid:
+        predicted = probabilities >= threshold
+        tp = int(np.sum(predicted & spam))
+        fp = int(np.sum(predicted & ham))
+        fn = int(np.sum(~predicted & spam))
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+        fpr = fp / int(ham.sum()) if ham.any() else 0.0
+        key = (fpr <= max_fpr, f1, -abs(float(threshold) - 0.5))
+        if best is None or key > best:
+            best, chosen = key, float(threshold)
+    return chosen

@@ -29,7 +29,8 @@ class TrainerDeps:
     publish: Callable[[Event], Awaitable[None]]
     search: SearchConfig
     reputation: ReputationLookup | None = None
-    threshold: float = 0.5
+    threshold: float | None = None
+    max_val_fpr: float = 0.005
 
 
 def load_training_data(event: DatasetReady) -> pd.DataFrame:
@@ -72,5 +73,6 @@ async def on_dataset_ready(event: DatasetReady, record: RecordContext, deps: Tra
         producer=SERVICE,
         reputation=deps.reputation,
         threshold=deps.threshold,
+        max_val_fpr=deps.max_val_fpr,
     )
     await deps.publish(trained)

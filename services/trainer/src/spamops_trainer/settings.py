@@ -23,7 +23,13 @@ class TrainerSettings(ServiceSettings):
     max_estimators: int = Field(default=600, description="Upper bound of n_estimators.")
     grace_reports: int = Field(default=2, description="ASHA: reports before a trial may stop.")
     seed: int = Field(default=42)
-    threshold: float = Field(default=0.5, description="Spam probability threshold.")
+    threshold: float | None = Field(
+        default=None,
+        description="Fixed spam-probability threshold; unset = chosen on validation.",
+    )
+    max_val_fpr: float = Field(
+        default=0.005, description="False-positive-rate ceiling when choosing the threshold."
+    )
     ray_address: str | None = Field(
         default=None,
         validation_alias="RAY_ADDRESS",

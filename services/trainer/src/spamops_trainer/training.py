@@ -22,7 +22,7 @@ from spamops_features.pipeline import FeaturePipeline
 from spamops_schemas import ClassificationMetrics, DatasetReady, ModelTrained
 
 from spamops_trainer.adapters import MlflowTracker
-from spamops_trainer.evaluation import Evaluation, evaluate
+from spamops_trainer.evaluation import Evaluation, choose_threshold, evaluate
 from spamops_trainer.plots import confusion_figure, importance_figure
 from spamops_trainer.tuning import SearchConfig, SearchResult, booster_params, search
 
@@ -52,6 +52,7 @@ class TrainingOutcome:
     search: SearchResult
     params: dict[str, Any]
     test: Evaluation
+    threshold: float
     seconds: float
 
 
@@ -83,10 +84,8 @@ def prepare_features(df: pd.DataFrame, reputation: ReputationLookup | None) -> P
     )
 
 
-def fit_final(prepared: PreparedData, params: dict[str, Any], seed: int) -> xgb.XGBClassifier:
-    """The production model: best parameters, trained on train + validation."""
-    x = np.vstack([prepared.x["train"], prepared.x["validation"]])
-    y = np.concatenate([prepared.y["train"], prepared.y["validation"]])
+def fit_model(x: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int) -> xgb.XGBClassifier:
+    """An XGBoost classifier with these search parameters, on all CPUs of the trainer."""
     settings = booster_params(params, seed)
     settings["nthread"] = 2
     settings.pop("objective")
@@ -95,14 +94,35 @@ def fit_final(prepared: PreparedData, params: dict[str, Any], seed: int) -> xgb.
     return model
 
 
+def fit_final(prepared: PreparedData, params: dict[str, Any], seed: int) -> xgb.XGBClassifier:
+    """The production model: best parameters, trained on train + validation."""
+    x = np.vstack([prepared.x["train"], prepared.x["validation"]])
+    y = np.concatenate([prepared.y["train"], prepared.y["validation"]])
+    return fit_model(x, y, params, seed)
+
+
+def validation_threshold(
+    prepared: PreparedData, params: dict[str, Any], seed: int, max_fpr: float
+) -> float:
+    """Decision threshold chosen on validation, with a model that has not seen validation."""
+    model = fit_model(prepared.x["train"], prepared.y["train"], params, seed)
+    probabilities = model.predict_proba(prepared.x["validation"])[:, 1]
+    return choose_threshold(prepared.y["validation"], probabilities, max_fpr=max_fpr)
+
+
 def train(
     df: pd.DataFrame,
     config: SearchConfig,
     *,
     reputation: ReputationLookup | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
+    max_val_fpr: float = 0.005,
 ) -> TrainingOutcome:
-    """Features, hyper-parameter search, final fit and test evaluation."""
+    """Features, hyper-parameter search, threshold on validation, final fit, test evaluation.
+
+    ``threshold`` fixes the decision threshold; None chooses it on validation
+    (best F1 with a false-positive rate of at most ``max_val_fpr``).
+    """
     started = time.perf_counter()
     prepared = prepare_features(df, reputation)
     result = search(
@@ -112,6 +132,8 @@ def train(
         prepared.y["validation"],
         config,
     )
+    if threshold is None:
+        threshold = validation_threshold(prepared, result.best_params, config.seed, max_val_fpr)
     model = fit_final(prepared, result.best_params, config.seed)
     probabilities = model.predict_proba(prepared.x["test"])[:, 1]
     test = evaluate(
@@ -123,6 +145,7 @@ def train(
         search=result,
         params=result.best_params,
         test=test,
+        threshold=threshold,
         seconds=time.perf_counter() - started,
     )
 
@@ -135,7 +158,8 @@ def train_and_log(
     *,
     producer: str,
     reputation: ReputationLookup | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
+    max_val_fpr: float = 0.005,
 ) -> ModelTrained:
     """Train on a snapshot inside one MLflow run and return the ModelTrained to publish.
 
@@ -143,7 +167,9 @@ def train_and_log(
     run before it finishes, so a replay of the same DatasetReady republishes it.
     """
     with tracker.training_run(event) as run_id:
-        outcome = train(df, config, reputation=reputation, threshold=threshold)
+        outcome = train(
+            df, config, reputation=reputation, threshold=threshold, max_val_fpr=max_val_fpr
+        )
         prepared = outcome.prepared
         tracker.log_trials([asdict(t) for t in outcome.search.trials])
         spec = prepared.pipeline.spec
@@ -170,7 +196,7 @@ def train_and_log(
                     "feature_importance": importance_figure(outcome.model, spec.names),
                 },
                 extra={
-                    "threshold": threshold,
+                    "threshold": outcome.threshold,
                     "confusion": outcome.test.confusion,
                     "per_group": outcome.test.per_group,
                     "feature_names": list(spec.names),
@@ -193,6 +219,7 @@ def train_and_log(
             feature_spec_version=spec.version,
             n_features=int(prepared.x["test"].shape[1]),
             training_seconds=round(outcome.seconds, 3),
+            threshold=outcome.threshold,
         )
         tracker.record_model_trained(run_id, trained)
     logger.info(
