@@ -187,9 +187,8 @@ def publish_emails(
 
 
 def _follow_events(topic: str, follow: bool, as_json: bool) -> None:
+    from spamops_runtime.replay import read_topic
     from spamops_schemas import EventDecodeError, decode_event
-
-    from spamops_cli.kafka_io import read_topic
 
     async def run() -> None:
         async for record in read_topic(_settings(), topic, follow=follow):

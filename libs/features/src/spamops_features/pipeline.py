@@ -198,6 +198,11 @@ def _document(email: ParsedEmail, html_text: str) -> str:
     return f"{email.subject}\n{email.text}\n{html_text}"
 
 
+def tfidf_document(email: ParsedEmail) -> str:
+    """The text TF-IDF reads from one email (also what text baselines should read)."""
+    return _document(email, prepare(email).html_text)
+
+
 def _pad_name(k: int) -> str:
     # "<" never occurs in a token, so this cannot collide with a real term.
     return f"{TFIDF_PREFIX}<unused-{k}>"

@@ -1,4 +1,5 @@
-"""The trainer's outside world: MLflow tracking (runs, models, artifacts, lineage)."""
+"""The trainer's outside world: MLflow tracking (runs, models, artifacts, lineage), the
+labelled feedback replayed from Kafka, and the Feast reputation store."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from spamops_schemas import DatasetReady, ModelTrained
+from spamops_runtime.replay import read_topic
+from spamops_runtime.settings import PlatformSettings
+from spamops_schemas import DatasetReady, EmailLabeled, ModelTrained
+from spamops_schemas.codec import decode_event
+from spamops_schemas.errors import EventDecodeError
+from spamops_schemas.topics import EMAILS_FEEDBACK, EMAILS_INBOX
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +49,61 @@ def code_version() -> str:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """Where a training's snapshot lives, and when that training started."""
+
+    dataset_id: str
+    uri: str
+    sha256: str
+    created_ms: int
+
+
+@dataclass(frozen=True)
+class FeedbackMessage:
+    """A message labelled on emails.feedback, with its raw bytes from emails.inbox."""
+
+    message_key: str
+    label: str
+    raw: bytes
+    group: str = "feedback"
+
+    @property
+    def source_id(self) -> str:
+        """Unique in a snapshot: ``feedback/<message key>``."""
+        return f"{self.group}/{self.message_key}"
+
+
+async def labelled_feedback(settings: PlatformSettings, since_ms: int) -> list[FeedbackMessage]:
+    """Messages labelled on emails.feedback after ``since_ms``, with their inbox bytes.
+
+    Replays both topics from the beginning up to their current end (they are
+    the log of record; their retention bounds how far back a retraining sees).
+    The last label of a key wins; invalid EmailLabeled records are skipped (the
+    monitor dead-letters them); labels whose message is not in emails.inbox
+    cannot become training examples and are logged.
+    """
+    labels: dict[str, str] = {}
+    async for record in read_topic(settings, EMAILS_FEEDBACK, client_id="spamops-trainer"):
+        if record.timestamp_ms <= since_ms:
+            continue
+        try:
+            event = decode_event(record.value, EmailLabeled)
+        except EventDecodeError:
+            continue
+        labels[event.message_key] = event.label
+    if not labels:
+        return []
+    found: dict[str, bytes] = {}
+    async for record in read_topic(settings, EMAILS_INBOX, client_id="spamops-trainer"):
+        if record.key in labels and record.value:
+            found[record.key] = record.value
+    missing = len(labels) - len(found)
+    if missing:
+        logger.warning("labelled messages not found in emails.inbox", extra={"missing": missing})
+    return [FeedbackMessage(key, labels[key], raw) for key, raw in sorted(found.items())]
 
 
 @dataclass
@@ -150,6 +211,48 @@ class MlflowTracker:
         mlflow.log_dict(extra, "training_summary.json")
         info = mlflow.xgboost.log_model(model, name="model", model_format="ubj")
         return str(info.model_uri)
+
+    def dataset_of(self, model_name: str, version: int) -> DatasetRef | None:
+        """The snapshot a registered model version was trained on.
+
+        Falls back to the latest finished training when the version is unknown
+        to the registry (a drift event about a model this trainer never saw
+        registered still retrains from the freshest data it has).
+        """
+        from mlflow.exceptions import MlflowException
+
+        run_id: str | None = None
+        try:
+            run_id = self._client.get_model_version(model_name, str(version)).run_id
+        except MlflowException:
+            logger.warning(
+                "model version not in the registry; using the latest training",
+                extra={"model_name": model_name, "version": version},
+            )
+        if run_id:
+            run = self._client.get_run(run_id)
+        else:
+            runs = self._client.search_runs(
+                [self._experiment_id()],
+                # Trainings carry the source-event tag; their trial child runs do not.
+                filter_string=(
+                    f"tags.`{TAG_SOURCE_EVENT}` LIKE '%' and attributes.status = 'FINISHED'"
+                ),
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+            if not runs:
+                return None
+            run = runs[0]
+        params = run.data.params
+        if "dataset_uri" not in params:
+            return None
+        return DatasetRef(
+            dataset_id=params["dataset_id"],
+            uri=params["dataset_uri"],
+            sha256=params["dataset_sha256"],
+            created_ms=int(run.info.start_time or 0),
+        )
 
     def record_model_trained(self, run_id: str, event: ModelTrained) -> None:
         """Keep the published event on the run, so a replay republishes the same one."""

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
+from spamops_features.snapshot import build_snapshot
 from spamops_features.snapshot_io import SnapshotError, load_snapshot
+from spamops_features.snapshot_io import load_snapshot as read_snapshot
 from spamops_runtime.kafka import RecordContext, RejectRecord
-from spamops_schemas import DatasetReady, Event, ModelTrained
+from spamops_schemas import DatasetReady, DriftDetected, Event, ModelTrained
 
-from spamops_trainer.adapters import MlflowTracker
+from spamops_trainer.adapters import DatasetRef, FeedbackMessage, MlflowTracker
 from spamops_trainer.training import ReputationLookup, train_and_log
 from spamops_trainer.tuning import SearchConfig
 
@@ -31,6 +35,21 @@ class TrainerDeps:
     reputation: ReputationLookup | None = None
     threshold: float | None = None
     max_val_fpr: float = 0.005
+    # After a training: copy the reputation states into the online store (Redis).
+    after_training: Callable[[], None] | None = None
+
+
+@dataclass
+class DriftDeps:
+    """What the DriftDetected handler needs."""
+
+    tracker: MlflowTracker
+    publish: Callable[[Event], Awaitable[None]]
+    feedback: Callable[[int], Awaitable[list[FeedbackMessage]]]  # labelled since (ms)
+    snapshots_dir: Path
+    cooldown_s: float
+    clock: Callable[[], float] = time.monotonic
+    last_retraining: dict[str, float] = field(default_factory=dict)  # model name -> clock
 
 
 def load_training_data(event: DatasetReady) -> pd.DataFrame:
@@ -75,4 +94,83 @@ async def on_dataset_ready(event: DatasetReady, record: RecordContext, deps: Tra
         threshold=deps.threshold,
         max_val_fpr=deps.max_val_fpr,
     )
+    if deps.after_training is not None:
+        await asyncio.to_thread(deps.after_training)
     await deps.publish(trained)
+
+
+@dataclass(frozen=True)
+class _SnapshotRow:
+    source_id: str
+    group: str
+    label: str
+    raw: bytes
+
+
+def drift_snapshot(
+    parent: DatasetRef, feedback: list[FeedbackMessage], out_dir: Path, *, producer: str
+) -> DatasetReady:
+    """The parent snapshot plus the labelled feedback, as a new content-addressed snapshot."""
+    frame = read_snapshot(parent.uri, parent.sha256)
+    rows: list[_SnapshotRow | FeedbackMessage] = [
+        _SnapshotRow(source_id, group, label, raw)
+        for source_id, group, label, raw in zip(
+            frame["source_id"].astype(str),
+            frame["group"].astype(str),
+            frame["label"].astype(str),
+            frame["raw"],
+            strict=True,
+        )
+    ]
+    known = {row.source_id for row in rows}
+    rows += [m for m in feedback if m.source_id not in known]
+    return build_snapshot(
+        rows,
+        out_dir,
+        reason="drift",
+        parent_dataset_id=parent.dataset_id,
+        producer=producer,
+    )
+
+
+async def on_drift_detected(event: DriftDetected, record: RecordContext, deps: DriftDeps) -> None:
+    """DriftDetected -> parent snapshot + labelled feedback -> DatasetReady(reason=drift).
+
+    A burst of drift events retrains once: within ``cooldown_s`` of the last
+    retraining for the same model, events are acknowledged and logged only.
+    Training itself then follows from the DatasetReady, like any other.
+    """
+    now = deps.clock()
+    last = deps.last_retraining.get(event.model_name)
+    if last is not None and now - last < deps.cooldown_s:
+        logger.info(
+            "drift within the cooldown: no new retraining",
+            extra={"model_version": event.model_version, "seconds_since": round(now - last, 1)},
+        )
+        return
+    parent = await asyncio.to_thread(deps.tracker.dataset_of, event.model_name, event.model_version)
+    if parent is None:
+        raise RejectRecord("no-parent-dataset", "no finished training to extend")
+    feedback = await deps.feedback(parent.created_ms)
+    if not feedback:
+        logger.warning("drift but no labelled feedback since the parent dataset: no retraining")
+        return
+    try:
+        ready = await asyncio.to_thread(
+            drift_snapshot, parent, feedback, deps.snapshots_dir, producer=SERVICE
+        )
+    except SnapshotError as exc:
+        raise RejectRecord("bad-snapshot", f"parent snapshot: {exc}") from exc
+    ready = ready.model_copy(
+        update={"correlation_id": event.correlation_id, "causation_id": event.event_id}
+    )
+    deps.last_retraining[event.model_name] = now
+    logger.info(
+        "drift snapshot built",
+        extra={
+            "dataset_id": ready.dataset_id,
+            "parent_dataset_id": parent.dataset_id,
+            "feedback": len(feedback),
+        },
+    )
+    await deps.publish(ready)

@@ -39,6 +39,9 @@ class TrainerSettings(ServiceSettings):
     max_handler_minutes: int = Field(
         default=60, description="Longest a training may hold its record before Kafka gives up."
     )
+    use_reputation: bool = Field(
+        default=True, description="Sender reputation from Feast as model inputs."
+    )
     drift_cooldown_s: float = Field(
         default=600.0, description="DriftDetected events within this window retrain once."
     )
