@@ -133,7 +133,7 @@ def test_write_feature_repo_config(tmp_path: Path) -> None:
 
 def test_redis_connection_string() -> None:
     assert redis_connection_string("redis://h:1234/0", timeout=1) == (
-        "h:1234,db=0,socket_timeout=1,socket_connect_timeout=1"
+        "h:1234,db=0,socket_timeout=1,socket_connect_timeout=1,retry=null"
     )
     assert redis_connection_string("rediss://:pw@h:1/3").startswith("h:1,db=3,password=pw,ssl=true")
     assert redis_connection_string("h:9").startswith("h:9,socket_timeout=")
@@ -310,7 +310,10 @@ def test_materialize_push_and_online_on_sqlite(local_store: ReputationStore) -> 
 def test_online_error_gives_defaults_and_a_flag(
     local_store: ReputationStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    calls: list[int] = []
+
     def broken(*args: object, **kwargs: object) -> None:
+        calls.append(1)
         raise ConnectionError("redis is down")
 
     monkeypatch.setattr(local_store.store, "get_online_features", broken)
@@ -319,6 +322,15 @@ def test_online_error_gives_defaults_and_a_flag(
     assert result.error is not None and "redis is down" in result.error
     assert np.array_equal(result.values, np.broadcast_to(REPUTATION_DEFAULTS, (2, 3)))
     assert "reputation lookup failed" in caplog.text
+    # Within the cooldown Redis is not tried again: degraded at once.
+    again = local_store.online(["a.com"], T0)
+    assert again.degraded and again.values.tolist() == [REPUTATION_DEFAULTS.tolist()]
+    assert len(calls) == 1
+    # Without a cooldown every call tries Redis again.
+    eager = ReputationStore(local_store.store, cooldown=0.0)
+    assert eager.online(["a.com"], T0).degraded
+    assert eager.online(["a.com"], T0).degraded
+    assert len(calls) == 3
     # Pushing needs the current state: it must fail loudly, not reset the counts.
     with pytest.raises(ConnectionError):
         local_store.push_label("a.com", "spam", at=T0)

@@ -52,6 +52,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -106,6 +107,9 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _SECONDS_PER_DAY: Final = 86_400.0
 # Redis socket timeouts (seconds): a hung Redis must not stall the verdict path.
 DEFAULT_REDIS_TIMEOUT: Final = 0.5
+# After an online failure, skip Redis this long (seconds) instead of paying a
+# timeout on every batch while it is down.
+DEFAULT_COOLDOWN: Final = 5.0
 
 # Columns of the event file, in file order (a push must carry exactly these).
 STATE_COLUMNS: Final[tuple[str, ...]] = (
@@ -136,8 +140,10 @@ _LABELS: Final = frozenset({"spam", "ham"})
 def redis_connection_string(url: str, timeout: float = DEFAULT_REDIS_TIMEOUT) -> str:
     """Feast's Redis ``connection_string`` (``host:port,db=N,...``) for a ``redis://`` URL.
 
-    A plain ``host:port`` is accepted as well. Socket timeouts are added so that
-    a Redis that hangs fails fast instead of stalling the caller.
+    A plain ``host:port`` is accepted as well. Socket timeouts are added, and
+    redis-py's default retries are turned off (``retry=null``: its exponential
+    backoff made a stopped Redis cost about 8 s per call), so that a Redis that
+    is down or hangs fails fast instead of stalling the caller.
     """
     if "://" in url:
         parsed = urlparse(url)
@@ -150,7 +156,7 @@ def redis_connection_string(url: str, timeout: float = DEFAULT_REDIS_TIMEOUT) ->
             options.append("ssl=true")
     else:
         options = [url]
-    options += [f"socket_timeout={timeout}", f"socket_connect_timeout={timeout}"]
+    options += [f"socket_timeout={timeout}", f"socket_connect_timeout={timeout}", "retry=null"]
     return ",".join(options)
 
 
@@ -369,18 +375,25 @@ class ReputationState:
 class ReputationStore:
     """Reputation features for the trainer (offline) and the inference service (online)."""
 
-    def __init__(self, store: FeatureStore) -> None:
+    def __init__(self, store: FeatureStore, *, cooldown: float = DEFAULT_COOLDOWN) -> None:
         self.store = store
+        self.cooldown = cooldown
+        self._skip_online_until = 0.0  # time.monotonic() before which online() skips Redis
 
     @classmethod
     def open(
-        cls, directory: str | Path, redis: str | None, *, apply: bool = True
+        cls,
+        directory: str | Path,
+        redis: str | None,
+        *,
+        apply: bool = True,
+        cooldown: float = DEFAULT_COOLDOWN,
     ) -> ReputationStore:
         """``write_feature_repo`` + ``apply_repo`` (when ``apply``) in one call."""
         store = write_feature_repo(directory, redis)
         if apply:
             apply_repo(store)
-        return cls(store)
+        return cls(store, cooldown=cooldown)
 
     @property
     def events_path(self) -> Path:
@@ -477,7 +490,9 @@ class ReputationStore:
 
         Unseen or empty domains get ``REPUTATION_DEFAULTS``. Any online store
         error gives the defaults for all rows, a logged warning and
-        ``degraded=True`` (count it); it never raises.
+        ``degraded=True`` (count it); it never raises. For ``cooldown`` seconds
+        after an error, calls return the defaults (degraded) without trying
+        Redis.
         """
         n = len(domains)
         out = np.broadcast_to(REPUTATION_DEFAULTS, (n, len(REPUTATION_NAMES))).copy()
@@ -485,10 +500,15 @@ class ReputationStore:
         distinct = sorted({k for k in keys if k})
         if not distinct:
             return OnlineReputation(out, degraded=False)
+        if time.monotonic() < self._skip_online_until:
+            return OnlineReputation(out, degraded=True, error="skipped: online store failing")
         try:
             states = self._read_states(distinct)
         except Exception as exc:  # any Redis/Feast failure: serve without reputation
-            logger.warning("reputation lookup failed, using defaults: %r", exc)
+            self._skip_online_until = time.monotonic() + self.cooldown
+            logger.warning(
+                "reputation lookup failed, using defaults for %.1fs: %r", self.cooldown, exc
+            )
             return OnlineReputation(out, degraded=True, error=f"{type(exc).__name__}: {exc}")
         now_ts = _aware(now).timestamp()
         for i, key in enumerate(keys):
