@@ -111,6 +111,10 @@ def ingest(
     reason: Annotated[str, typer.Option(help="initial, drift or manual.")] = "initial",
     seed: Annotated[int, typer.Option(help="Seed of the stratified split.")] = 42,
     publish: Annotated[bool, typer.Option(help="Publish DatasetReady.")] = True,
+    wait_trained: Annotated[
+        bool, typer.Option(help="Wait for the trainer's ModelTrained and print its metrics.")
+    ] = False,
+    timeout_minutes: Annotated[float, typer.Option(help="How long --wait-trained waits.")] = 30,
 ) -> None:
     """Build a content-addressed snapshot of the corpus and publish DatasetReady."""
     from spamops_cli.ingest import IngestError, run_ingest
@@ -141,6 +145,43 @@ def ingest(
 
         asyncio.run(send_events(settings, [event]))
         out.print(f"published DatasetReady {event.event_id} to datasets.ready")
+        if wait_trained:
+            _wait_trained(settings, str(event.event_id), timeout_minutes * 60)
+
+
+def _wait_trained(settings: PlatformSettings, dataset_event_id: str, timeout_s: float) -> None:
+    """Follow models.trained until the ModelTrained caused by ``dataset_event_id``."""
+    from spamops_runtime.replay import read_topic
+    from spamops_schemas import EventDecodeError, ModelTrained, decode_event
+
+    async def first_match() -> ModelTrained | None:
+        async for record in read_topic(settings, "models.trained", follow=True):
+            try:
+                trained = decode_event(record.value, ModelTrained)
+            except EventDecodeError:
+                continue
+            if str(trained.causation_id) == dataset_event_id:
+                return trained
+        return None
+
+    async def bounded() -> ModelTrained | None:
+        return await asyncio.wait_for(first_match(), timeout_s)
+
+    with console.status("training (Ray Tune search, then the final model) ..."):
+        try:
+            trained = asyncio.run(bounded())
+        except TimeoutError:
+            trained = None
+    if trained is None:
+        log = settings.state_dir / "logs" / "trainer.log"
+        raise _fail(f"no ModelTrained within {timeout_s / 60:.0f} min; see {log}")
+    m = trained.metrics
+    out.print(
+        f"ModelTrained: run {trained.run_id}  F1 {m.f1:.4f}  precision {m.precision:.4f}  "
+        f"recall {m.recall:.4f}  FPR {m.false_positive_rate:.4f}  threshold {trained.threshold}  "
+        f"({trained.training_seconds:.0f} s)"
+    )
+    out.print(f"MLflow: {settings.mlflow_uri}  model: {trained.model_uri}")
 
 
 # ------------------------------------------------------------ user commands

@@ -95,7 +95,12 @@ async def on_dataset_ready(event: DatasetReady, record: RecordContext, deps: Tra
         max_val_fpr=deps.max_val_fpr,
     )
     if deps.after_training is not None:
-        await asyncio.to_thread(deps.after_training)
+        try:
+            await asyncio.to_thread(deps.after_training)
+        except Exception:
+            # Serving keeps the previous reputation until the next training: not worth
+            # failing a model that trained fine.
+            logger.exception("could not copy reputation features to the online store")
     await deps.publish(trained)
 
 
