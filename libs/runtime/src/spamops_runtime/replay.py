@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from spamops_runtime.settings import PlatformSettings
 
@@ -27,6 +28,21 @@ class ReadRecord:
     timestamp_ms: int
 
 
+async def topic_partitions(settings: PlatformSettings, topic: str) -> list[int]:
+    """The partition ids of ``topic`` (empty if it does not exist)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    found: list[int] = []
+    for entry in described:
+        if entry.get("topic") == topic and not entry.get("error_code"):
+            found += [int(p["partition"]) for p in entry.get("partitions", [])]
+    return sorted(found)
+
+
 async def read_topic(
     settings: PlatformSettings,
     topic: str,
@@ -40,6 +56,9 @@ async def read_topic(
 
     Without ``follow`` it stops at the end offsets it saw when it started.
     """
+    partitions = await topic_partitions(settings, topic)
+    if not partitions:
+        return  # no such topic: nothing to read
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         client_id=client_id,
@@ -48,11 +67,7 @@ async def read_topic(
     )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        assigned = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(assigned)
         if from_beginning:
             await consumer.seek_to_beginning(*assigned)
