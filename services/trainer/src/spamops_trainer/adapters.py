@@ -177,8 +177,11 @@ class MlflowTracker:
     def log_trials(self, trials: list[dict[str, Any]]) -> None:
         """One nested child run per Ray Tune trial."""
         mlflow = self._mlflow
+        experiment_id = self._experiment_id()  # else children land in "Default"
         for index, trial in enumerate(trials):
-            with mlflow.start_run(run_name=f"trial-{index:02d}", nested=True):
+            with mlflow.start_run(
+                experiment_id=experiment_id, run_name=f"trial-{index:02d}", nested=True
+            ):
                 mlflow.log_params(trial["params"])
                 mlflow.log_metrics({"val_f1": trial["val_f1"], "rounds": float(trial["rounds"])})
                 mlflow.set_tag("stopped_early", str(trial["stopped_early"]).lower())
