@@ -14,13 +14,13 @@ import tritonclient.http as triton_http
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from spamops_cli import stack as local_stack
-from spamops_cli.stack.triton_repo import (
+from spamops_runtime.settings import PlatformSettings
+from spamops_runtime.triton_repo import (
     TensorSpec,
     TritonRepositoryClient,
     model_repository,
     write_python_model,
 )
-from spamops_runtime.settings import PlatformSettings
 from spamops_schemas.topics import all_topic_names, catalogue
 
 pytestmark = pytest.mark.integration

@@ -13,10 +13,10 @@ import shutil
 from pathlib import Path
 
 import httpx
+from spamops_runtime.triton_repo import model_repository
 
 from spamops_cli.stack.component import Component, require_executable
 from spamops_cli.stack.paths import StackError, file_lock
-from spamops_cli.stack.triton_repo import model_repository
 
 logger = logging.getLogger(__name__)
 

@@ -60,11 +60,19 @@ def python_model_config(
     max_queue_delay_microseconds: int = 200,
     instance_count: int = 1,
     parameters: Mapping[str, str] | None = None,
+    versions: Sequence[int] | None = None,
+    backend: str = "python",
 ) -> str:
-    """``config.pbtxt`` of a CPU Python-backend model (dims exclude the batch dimension)."""
+    """``config.pbtxt`` of a CPU model (dims exclude the batch dimension).
+
+    ``backend`` is ``python`` (the local Triton runs ``model.py``) or
+    ``onnxruntime`` (Triton's own ONNX Runtime backend, e.g. on Kubernetes).
+    ``versions`` pins the served versions (``version_policy: specific``); None
+    serves the latest version only, Triton's default.
+    """
     lines = [
         f'name: "{name}"',
-        'backend: "python"',
+        f'backend: "{backend}"',
         f"max_batch_size: {max_batch_size}",
         "input [",
         ",\n".join(spec.to_pbtxt() for spec in inputs),
@@ -78,6 +86,9 @@ def python_model_config(
             f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_microseconds} }}"
         )
     lines.append(f"instance_group [ {{ count: {instance_count} kind: KIND_CPU }} ]")
+    if versions:
+        listed = ", ".join(str(v) for v in sorted(set(versions)))
+        lines.append(f"version_policy: {{ specific: {{ versions: [ {listed} ] }} }}")
     for key, value in (parameters or {}).items():
         lines.append(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}')
     return "\n".join(lines) + "\n"
