@@ -2,16 +2,61 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from faststream import FastStream
+from spamops_runtime.kafka import publish_event, subscribe_events
 from spamops_runtime.service import service_app, service_broker
+from spamops_runtime.triton_repo import model_repository
+from spamops_schemas import Event, ModelTrained, PromotionApproved
+from spamops_schemas.topics import MODELS_TRAINED, PROMOTION_APPROVED
 
+from spamops_registry_bridge.adapters import MlflowRegistry, TritonDeployer
+from spamops_registry_bridge.handlers import (
+    SERVICE,
+    BridgeDeps,
+    on_model_trained,
+    on_promotion_approved,
+)
 from spamops_registry_bridge.settings import RegistryBridgeSettings
-
-SERVICE = "registry-bridge"
 
 
 def build_app(settings: RegistryBridgeSettings | None = None) -> FastStream:
     """Bootstrap: build the broker and register the handlers with their dependencies."""
     settings = settings or RegistryBridgeSettings()
     broker = service_broker(SERVICE, settings)
+    platform = settings.platform
+
+    async def publish(event: Event) -> None:
+        await publish_event(broker, event, service=SERVICE)
+
+    deps = BridgeDeps(
+        registry=MlflowRegistry(platform.mlflow_uri, platform.model_name),
+        triton=TritonDeployer(
+            repository=model_repository(platform.state_dir),
+            http_endpoint=platform.triton_http,
+            max_batch_size=settings.max_batch_size,
+            dynamic_batching=settings.dynamic_batching,
+            max_queue_delay_microseconds=settings.max_queue_delay_microseconds,
+            instance_count=settings.instance_count,
+        ),
+        publish=publish,
+        settings=settings,
+    )
+    subscribe_events(
+        broker,
+        topic=MODELS_TRAINED,
+        event_cls=ModelTrained,
+        handler=partial(on_model_trained, deps=deps),
+        settings=settings,
+        service=SERVICE,
+    )
+    subscribe_events(
+        broker,
+        topic=PROMOTION_APPROVED,
+        event_cls=PromotionApproved,
+        handler=partial(on_promotion_approved, deps=deps),
+        settings=settings,
+        service=SERVICE,
+    )
     return service_app(SERVICE, settings, broker)

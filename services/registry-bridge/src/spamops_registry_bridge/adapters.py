@@ -1,0 +1,265 @@
+"""The registry bridge's outside world: the MLflow registry and Triton's model repository."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from spamops_runtime.triton_repo import (
+    TritonRepositoryClient,
+    model_versions,
+    write_model,
+)
+from spamops_schemas import ClassificationMetrics
+
+from spamops_registry_bridge.triton_model import INPUT, MODEL_PY, OUTPUT, local_config
+
+logger = logging.getLogger(__name__)
+
+# Tags on a registered model version: lineage, and the progress of each step so
+# a replayed or interrupted event resumes where it stopped.
+TAG_SOURCE_EVENT = "spamops.model_trained_event_id"
+TAG_RUN = "spamops.run_id"
+TAG_DATASET = "spamops.dataset_id"
+TAG_CORRELATION = "spamops.correlation_id"
+TAG_SPEC = "spamops.feature_spec_version"
+TAG_GATE = "spamops.gate"
+TAG_ONNX_SHA = "spamops.onnx_sha256"
+TAG_ONNX_URI = "spamops.onnx_uri"
+TAG_PARITY = "spamops.parity_max_abs_diff"
+TAG_N_INPUTS = "spamops.n_inputs"
+TAG_REGISTERED_EVENT = "spamops.model_registered"
+TAG_PUBLISHED = "spamops.model_registered_published"
+TAG_PROMOTION_EVENT = "spamops.promotion_event_id"
+RUN_TAG_REJECTED = "spamops.model_rejected"
+ONNX_ARTIFACT = "onnx/model.onnx"
+PARITY_ARTIFACT = "parity/test_sample.npz"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A registered model version as the bridge sees it."""
+
+    version: int
+    run_id: str
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+
+
+class MlflowRegistry:
+    """Registered model versions, aliases, tags and run artifacts (blocking calls)."""
+
+    def __init__(self, tracking_uri: str, model_name: str) -> None:
+        import mlflow
+
+        self._mlflow = mlflow
+        self._client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
+
+    # ------------------------------------------------------------ versions
+    def _info(self, mv: Any) -> VersionInfo:
+        return VersionInfo(
+            version=int(mv.version),
+            run_id=str(mv.run_id),
+            tags=dict(mv.tags or {}),
+            aliases=tuple(getattr(mv, "aliases", ()) or ()),
+        )
+
+    def version(self, version: int) -> VersionInfo | None:
+        """One version, or None if it does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._info(self._client.get_model_version(self.model_name, str(version)))
+        except MlflowException:
+            return None
+
+    def version_for_event(self, model_trained_event_id: str) -> VersionInfo | None:
+        """The version already registered for a ModelTrained (replays and resumptions)."""
+        found = self._client.search_model_versions(
+            f"name = '{self.model_name}' and tags.`{TAG_SOURCE_EVENT}` = '{model_trained_event_id}'"
+        )
+        return self._info(found[0]) if found else None
+
+    def register(self, model_uri: str, run_id: str, tags: dict[str, str]) -> VersionInfo:
+        """A new version of the registered model (created on first use)."""
+        from mlflow.exceptions import MlflowException
+
+        with contextlib.suppress(MlflowException):  # it already exists
+            self._client.create_registered_model(self.model_name)
+        mv = self._client.create_model_version(self.model_name, model_uri, run_id=run_id, tags=tags)
+        return self._info(mv)
+
+    def set_tags(self, version: int, tags: dict[str, str]) -> None:
+        """Tags on a version."""
+        for key, value in tags.items():
+            self._client.set_model_version_tag(self.model_name, str(version), key, value)
+
+    def alias_version(self, alias: str) -> int | None:
+        """The version an alias points to, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self._client.get_model_version_by_alias(self.model_name, alias)
+        except MlflowException:
+            return None
+        return int(mv.version)
+
+    def set_alias(self, alias: str, version: int) -> None:
+        """Point an alias at a version."""
+        self._client.set_registered_model_alias(self.model_name, alias, str(version))
+
+    def registered_versions(self) -> list[int]:
+        """Every version number, ascending."""
+        found = self._client.search_model_versions(f"name = '{self.model_name}'")
+        return sorted(int(mv.version) for mv in found)
+
+    # ------------------------------------------------------------ runs
+    def run_metrics(self, run_id: str) -> ClassificationMetrics | None:
+        """The test metrics a training logged (for the champion comparison)."""
+        metrics = self._client.get_run(run_id).data.metrics
+        try:
+            return ClassificationMetrics(
+                f1=metrics["test_f1"],
+                precision=metrics["test_precision"],
+                recall=metrics["test_recall"],
+                roc_auc=metrics["test_roc_auc"],
+                false_positive_rate=metrics["test_false_positive_rate"],
+            )
+        except KeyError:
+            return None
+
+    def run_tag(self, run_id: str, key: str) -> str | None:
+        """A tag of a run."""
+        value = self._client.get_run(run_id).data.tags.get(key)
+        return str(value) if value is not None else None
+
+    def set_run_tag(self, run_id: str, key: str, value: str) -> None:
+        """Tag a run (e.g. with the ModelRejected it got)."""
+        self._client.set_tag(run_id, key, value)
+
+    def load_xgboost(self, model_uri: str) -> Any:
+        """The trained XGBClassifier."""
+        return self._mlflow.xgboost.load_model(model_uri)
+
+    def parity_sample(self, run_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """The test rows and XGBoost probabilities the trainer logged for this check."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self._mlflow.artifacts.download_artifacts(
+                run_id=run_id,
+                artifact_path=PARITY_ARTIFACT,
+                dst_path=tmp,
+                tracking_uri=self.tracking_uri,
+            )
+            with np.load(path, allow_pickle=False) as data:
+                return np.asarray(data["x"], np.float32), np.asarray(data["p"], np.float64)
+
+    def store_onnx(self, run_id: str, onnx_bytes: bytes) -> str:
+        """Log the ONNX file on the training run; returns its artifact URI."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            path.write_bytes(onnx_bytes)
+            self._client.log_artifact(run_id, str(path), "onnx")
+        return f"runs:/{run_id}/{ONNX_ARTIFACT}"
+
+    def load_onnx(self, run_id: str) -> bytes:
+        """The ONNX file stored on a run."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self._mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=ONNX_ARTIFACT, dst_path=tmp,
+                tracking_uri=self.tracking_uri,
+            )  # fmt: skip
+            return Path(path).read_bytes()
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex sha256."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class TritonDeployer:
+    """Writes versions into the model repository, (re)loads them, checks they answer."""
+
+    repository: Path
+    http_endpoint: str
+    max_batch_size: int = 64
+    dynamic_batching: bool = True
+    max_queue_delay_microseconds: int = 200
+    instance_count: int = 1
+    ready_timeout_s: float = 120.0
+
+    def deploy(
+        self, name: str, version: int, onnx_bytes: bytes, n_inputs: int, serve: Sequence[int]
+    ) -> None:
+        """Write ``version`` of ``name`` and load the model serving ``serve`` (ready on return).
+
+        Versions not in ``serve`` are unloaded by the same load (their files stay,
+        so a rollback can serve them again). Versions already served keep
+        answering while Triton loads the new one.
+        """
+        write_model(
+            self.repository,
+            name,
+            config=self.config(name, n_inputs, serve),
+            files={"model.py": MODEL_PY, "model.onnx": onnx_bytes},
+            version=version,
+        )
+        with TritonRepositoryClient(self.http_endpoint, timeout=self.ready_timeout_s) as client:
+            client.load(name)
+            deadline = time.monotonic() + self.ready_timeout_s
+            while not all(client.is_ready(name, v) for v in serve):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"triton: {name} versions {list(serve)} not ready")
+                time.sleep(0.2)
+        logger.info("triton model ready", extra={"triton_model": name, "versions": list(serve)})
+
+    def config(self, name: str, n_inputs: int, serve: Sequence[int]) -> str:
+        """The local config.pbtxt."""
+        return local_config(
+            name,
+            n_inputs,
+            serve,
+            max_batch_size=self.max_batch_size,
+            dynamic_batching=self.dynamic_batching,
+            max_queue_delay_microseconds=self.max_queue_delay_microseconds,
+            instance_count=self.instance_count,
+        )
+
+    def versions_on_disk(self, name: str) -> list[int]:
+        """Version folders present for ``name``."""
+        return model_versions(self.repository, name)
+
+    def infer(self, name: str, version: int, x: np.ndarray) -> np.ndarray:
+        """Spam probabilities from Triton for ``x`` (pinned version), float64 ``[n]``."""
+        import tritonclient.http as triton_http
+
+        client = triton_http.InferenceServerClient(self.http_endpoint)
+        try:
+            out: list[np.ndarray] = []
+            for start in range(0, len(x), self.max_batch_size):
+                rows = np.ascontiguousarray(x[start : start + self.max_batch_size], np.float32)
+                tensor = triton_http.InferInput(INPUT, list(rows.shape), "FP32")
+                tensor.set_data_from_numpy(rows)
+                result = client.infer(
+                    name,
+                    [tensor],
+                    model_version=str(version),
+                    outputs=[triton_http.InferRequestedOutput(OUTPUT)],
+                )
+                values = result.as_numpy(OUTPUT)
+                if values is None:
+                    raise RuntimeError(f"triton: {name} v{version} returned no {OUTPUT}")
+                out.append(np.asarray(values, np.float64)[:, 0])
+            return np.concatenate(out) if out else np.empty(0)
+        finally:
+            client.close()
