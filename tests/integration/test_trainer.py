@@ -8,41 +8,34 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pytest
 import redis
-from aiokafka import AIOKafkaProducer
 from spamops_cli import stack as local_stack
 from spamops_cli.stack.process import is_alive
 from spamops_features.mail import message_key, parse_email
 from spamops_features.pipeline import FeaturePipeline
 from spamops_runtime.kafka import H_ERROR_REASON
-from spamops_runtime.replay import read_topic
 from spamops_runtime.settings import PlatformSettings
 from spamops_schemas import (
     DatasetReady,
     DriftDetected,
     EmailLabeled,
-    EventDecodeError,
     ModelTrained,
-    decode_event,
 )
 from spamops_schemas.events import DriftWindow
 
 from tests.integration.conftest import StackFactory
+from tests.integration.helpers import events_on, send, spamops
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
-SPAMOPS = Path(sys.executable).with_name("spamops")
 SMALL_SEARCH = {
     "SPAMOPS_TRAINER_NUM_SAMPLES": "2",
     "SPAMOPS_TRAINER_MAX_ESTIMATORS": "50",
@@ -63,43 +56,6 @@ def trainer_stack(stack_factory: StackFactory) -> Iterator[PlatformSettings]:
         )
     yield settings
     local_stack.down(settings)
-
-
-def spamops(settings: PlatformSettings, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **settings.to_env(), "COLUMNS": "200"}
-    return subprocess.run(
-        [str(SPAMOPS), *args], env=env, capture_output=True, text=True, timeout=900, check=False
-    )
-
-
-async def events_on(
-    settings: PlatformSettings, topic: str, match: Callable[[Any], bool], wait_s: float = 300
-) -> list[tuple[Any, dict[str, str]]]:
-    """Wait until a record of ``topic`` matches; returns every match (event or raw, headers)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        found = []
-        async for record in read_topic(settings, topic, idle_timeout_s=0.5):
-            try:
-                item: Any = decode_event(record.value)
-            except EventDecodeError:
-                item = record.value
-            if match(item):
-                found.append((item, record.headers))
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"nothing matching on {topic}"
-        await asyncio.sleep(2)
-
-
-async def send(settings: PlatformSettings, topic: str, items: list[tuple[str, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-    await producer.start()
-    try:
-        for key, value in items:
-            await producer.send_and_wait(topic, value, key=key.encode())
-    finally:
-        await producer.stop()
 
 
 def trainer_alive(settings: PlatformSettings) -> bool:

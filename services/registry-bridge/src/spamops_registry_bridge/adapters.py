@@ -61,6 +61,8 @@ class MlflowRegistry:
         import mlflow
 
         self._mlflow = mlflow
+        # load_model and download_artifacts resolve models:/ URIs through the global URI.
+        mlflow.set_tracking_uri(tracking_uri)
         self._client = mlflow.MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         self.model_name = model_name
@@ -96,7 +98,12 @@ class MlflowRegistry:
 
         with contextlib.suppress(MlflowException):  # it already exists
             self._client.create_registered_model(self.model_name)
-        mv = self._client.create_model_version(self.model_name, model_uri, run_id=run_id, tags=tags)
+        # MLflow 3 logged models (models:/m-<id>) are registered by their model id.
+        logged = model_uri.startswith("models:/m-")
+        model_id = model_uri.removeprefix("models:/") if logged else None
+        mv = self._client.create_model_version(
+            self.model_name, model_uri, run_id=run_id, tags=tags, model_id=model_id
+        )
         return self._info(mv)
 
     def set_tags(self, version: int, tags: dict[str, str]) -> None:

@@ -25,6 +25,9 @@ def export_onnx(model: Any, n_inputs: int, *, opset: int = 15) -> bytes:
     onnx_model = convert_xgboost(
         model, initial_types=[(INPUT_NAME, FloatTensorType([None, n_inputs]))], target_opset=opset
     )
+    if not any(o.domain in ("", "ai.onnx") for o in onnx_model.opset_import):
+        # The tree ensemble only needs ai.onnx.ml; the Slice below needs the default domain.
+        onnx_model.opset_import.append(helper.make_opsetid("", opset))
     graph = onnx_model.graph
     probabilities = next(o.name for o in graph.output if o.name == "probabilities")
     for name, value in (("spamops_starts", 1), ("spamops_ends", 2), ("spamops_axes", 1)):

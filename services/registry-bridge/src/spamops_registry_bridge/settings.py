@@ -10,7 +10,9 @@ from spamops_runtime.settings import ServiceSettings
 class RegistryBridgeSettings(ServiceSettings):
     """registry-bridge: ModelTrained, PromotionApproved -> ModelRegistered/Rejected/Promoted."""
 
-    model_config = SettingsConfigDict(env_prefix="SPAMOPS_REGISTRY_BRIDGE_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="SPAMOPS_REGISTRY_BRIDGE_", extra="ignore", populate_by_name=True
+    )
 
     service_name = "registry-bridge"
     group_id: str = "spamops-registry-bridge"

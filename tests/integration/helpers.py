@@ -1,0 +1,65 @@
+"""Helpers of the end-to-end tests: run the CLI, send records, wait for events on a topic."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from spamops_runtime.replay import read_topic
+from spamops_runtime.settings import PlatformSettings
+from spamops_schemas import EventDecodeError, decode_event
+
+SPAMOPS = Path(sys.executable).with_name("spamops")
+
+
+def spamops(
+    settings: PlatformSettings, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``spamops`` CLI against ``settings``' stack."""
+    full_env = {**os.environ, **settings.to_env(), "COLUMNS": "200", **(env or {})}
+    return subprocess.run(
+        [str(SPAMOPS), *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+
+
+async def events_on(
+    settings: PlatformSettings, topic: str, match: Callable[[Any], bool], wait_s: float = 300
+) -> list[tuple[Any, dict[str, str]]]:
+    """Wait until a record of ``topic`` matches; returns every match (event or raw, headers)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = []
+        async for record in read_topic(settings, topic, idle_timeout_s=0.5):
+            try:
+                item: Any = decode_event(record.value)
+            except EventDecodeError:
+                item = record.value
+            if match(item):
+                found.append((item, record.headers))
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"nothing matching on {topic}"
+        await asyncio.sleep(2)
+
+
+async def send(settings: PlatformSettings, topic: str, items: list[tuple[str, bytes]]) -> None:
+    """Produce ``(key, value)`` records, each acknowledged by Kafka."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value in items:
+            await producer.send_and_wait(topic, value, key=key.encode())
+    finally:
+        await producer.stop()

@@ -1,0 +1,245 @@
+"""The registry bridge on the real stack: MLflow registry, ONNX, Triton staging and production.
+
+trainer (small search) and registry-bridge run as processes; one real training
+gives version 1, a second ModelTrained of the same run gives version 2, so
+promotion and rollback have two versions to move between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+
+import mlflow
+import numpy as np
+import pytest
+from spamops_cli import stack as local_stack
+from spamops_registry_bridge.onnx_export import onnx_spam_probability
+from spamops_runtime.kafka import H_ERROR_REASON
+from spamops_runtime.settings import PlatformSettings
+from spamops_runtime.triton_repo import TritonRepositoryClient
+from spamops_schemas import (
+    ClassificationMetrics,
+    DatasetReady,
+    ModelPromoted,
+    ModelRegistered,
+    ModelRejected,
+    ModelTrained,
+    PromotionApproved,
+)
+
+from tests.integration.conftest import StackFactory
+from tests.integration.helpers import events_on, send, spamops
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+ENV = {
+    "SPAMOPS_TRAINER_NUM_SAMPLES": "2",
+    "SPAMOPS_TRAINER_MAX_ESTIMATORS": "50",
+    "SPAMOPS_TRAINER_GRACE_REPORTS": "1",
+    "SPAMOPS_TRAINER_USE_REPUTATION": "false",
+    # A tiny training must pass; the gate itself is tested with a bad model below.
+    "SPAMOPS_REGISTRY_BRIDGE_MIN_F1": "0.6",
+    "SPAMOPS_REGISTRY_BRIDGE_MAX_FALSE_POSITIVE_RATE": "0.2",
+    "SPAMOPS_REGISTRY_BRIDGE_CHAMPION_MARGIN": "1.0",
+    "SPAMOPS_REGISTRY_BRIDGE_APPROVERS": '["alice", "bob"]',
+}
+MODEL = "spam-detector"
+
+
+@pytest.fixture(scope="module")
+def bridge_stack(stack_factory: StackFactory) -> Iterator[PlatformSettings]:
+    """Kafka, Redis, MLflow, Triton, trainer and registry-bridge."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in ENV.items():
+            patch.setenv(key, value)
+        settings = stack_factory(
+            components=["kafka", "redis", "mlflow", "triton", "trainer", "registry-bridge"],
+            name="bridge-stack",
+        )
+    yield settings
+    local_stack.down(settings)
+
+
+def wait_for(settings: PlatformSettings, topic: str, cls: type, **fields: object) -> list:  # type: ignore[type-arg]
+    def match(e: object) -> bool:
+        return isinstance(e, cls) and all(getattr(e, k) == v for k, v in fields.items())
+
+    return [e for e, _ in asyncio.run(events_on(settings, topic, match))]
+
+
+def triton_probabilities(settings: PlatformSettings, name: str, version: int, x: np.ndarray):  # type: ignore[no-untyped-def]
+    import tritonclient.http as triton_http
+
+    client = triton_http.InferenceServerClient(settings.triton_http)
+    try:
+        tensor = triton_http.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x.astype(np.float32))
+        result = client.infer(name, [tensor], model_version=str(version))
+        return np.asarray(result.as_numpy("spam_probability"))[:, 0]
+    finally:
+        client.close()
+
+
+def parity_rows(settings: PlatformSettings, run_id: str, tmp_path) -> np.ndarray:  # type: ignore[no-untyped-def]
+    path = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="parity/test_sample.npz", dst_path=str(tmp_path),
+        tracking_uri=settings.mlflow_uri,
+    )  # fmt: skip
+    with np.load(path) as data:
+        return np.asarray(data["x"][:16], np.float32)
+
+
+@pytest.fixture(scope="module")
+def registered_v1(bridge_stack: PlatformSettings) -> tuple[ModelTrained, ModelRegistered, float]:
+    began = time.monotonic()
+    result = spamops(
+        bridge_stack, "ingest", "--groups", "easy-ham-2,spam-1", "--wait-trained",
+        "--timeout-minutes", "10",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    [ready] = wait_for(bridge_stack, "datasets.ready", DatasetReady)
+    [trained] = wait_for(bridge_stack, "models.trained", ModelTrained, causation_id=ready.event_id)
+    trained_at = time.monotonic()
+    [registered] = wait_for(
+        bridge_stack, "models.registered", ModelRegistered, causation_id=trained.event_id
+    )
+    print(f"\ningest->trained {trained_at - began:.1f}s, trained->registered observed "
+          f"{time.monotonic() - trained_at:.1f}s")  # fmt: skip
+    return trained, registered, time.monotonic() - trained_at
+
+
+def test_a_trained_model_is_registered_exported_and_served_as_staging(
+    bridge_stack: PlatformSettings,
+    registered_v1: tuple[ModelTrained, ModelRegistered, float],
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    trained, registered, _ = registered_v1
+    assert registered.version == 1
+    assert registered.run_id == trained.run_id
+    assert registered.triton_model == f"{MODEL}-staging"
+    assert registered.parity_max_abs_diff <= 1e-4
+    assert registered.correlation_id == trained.correlation_id
+    assert registered.feature_spec_version == trained.feature_spec_version
+
+    client = mlflow.MlflowClient(bridge_stack.mlflow_uri)
+    version = client.get_model_version_by_alias(MODEL, "staging")
+    assert int(version.version) == 1
+    assert version.tags["spamops.run_id"] == trained.run_id
+    assert version.tags["spamops.dataset_id"] == trained.dataset_id
+    assert version.tags["spamops.correlation_id"] == trained.correlation_id
+    assert version.tags["spamops.feature_spec_version"] == trained.feature_spec_version
+    assert version.tags["spamops.onnx_sha256"] == registered.onnx_sha256
+
+    onnx_path = mlflow.artifacts.download_artifacts(
+        run_id=trained.run_id, artifact_path="onnx/model.onnx", dst_path=str(tmp_path),
+        tracking_uri=bridge_stack.mlflow_uri,
+    )  # fmt: skip
+    onnx_bytes = open(onnx_path, "rb").read()  # noqa: SIM115
+    assert len(onnx_bytes) < 5 * 2**20
+    x = parity_rows(bridge_stack, trained.run_id, tmp_path)
+    served = triton_probabilities(bridge_stack, f"{MODEL}-staging", 1, x)
+    np.testing.assert_allclose(served, onnx_spam_probability(onnx_bytes, x), atol=1e-5)
+
+
+def test_replaying_model_trained_registers_nothing_new(
+    bridge_stack: PlatformSettings, registered_v1: tuple[ModelTrained, ModelRegistered, float]
+) -> None:
+    trained, _, _ = registered_v1
+    asyncio.run(send(bridge_stack, "models.trained", [(trained.run_id, trained.to_bytes())]))
+    time.sleep(10)  # the bridge handles it (nothing to do) within a second or two
+    client = mlflow.MlflowClient(bridge_stack.mlflow_uri)
+    assert [int(v.version) for v in client.search_model_versions(f"name = '{MODEL}'")] == [1]
+    assert len(wait_for(bridge_stack, "models.registered", ModelRegistered)) == 1
+
+
+def test_a_model_under_the_gate_is_rejected_and_not_registered(
+    bridge_stack: PlatformSettings, registered_v1: tuple[ModelTrained, ModelRegistered, float]
+) -> None:
+    trained, _, _ = registered_v1
+    weak = trained.model_copy(
+        update={
+            "event_id": uuid.uuid4(),
+            "metrics": ClassificationMetrics(
+                f1=0.4, precision=0.5, recall=0.33, roc_auc=0.7, false_positive_rate=0.3
+            ),
+        }
+    )
+    asyncio.run(send(bridge_stack, "models.trained", [(weak.run_id, weak.to_bytes())]))
+    [rejected] = wait_for(
+        bridge_stack, "models.rejected", ModelRejected, causation_id=weak.event_id
+    )
+    gates = {f.gate: f for f in rejected.failures}
+    assert set(gates) == {"min_f1", "max_false_positive_rate"}
+    assert gates["min_f1"].actual == pytest.approx(0.4)
+    assert gates["min_f1"].threshold == pytest.approx(0.6)
+    client = mlflow.MlflowClient(bridge_stack.mlflow_uri)
+    assert len(client.search_model_versions(f"name = '{MODEL}'")) == 1
+
+
+def test_promotion_rollback_and_refused_approvals(
+    bridge_stack: PlatformSettings,
+    registered_v1: tuple[ModelTrained, ModelRegistered, float],
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    trained, _, _ = registered_v1
+    x = parity_rows(bridge_stack, trained.run_id, tmp_path)
+    production = f"{MODEL}-production"
+
+    # v1 -> production, approved with the CLI as a reviewer would.
+    began = time.monotonic()
+    result = spamops(bridge_stack, "approve", MODEL, "1", "--by", "alice", "--reason", "first")
+    assert result.returncode == 0, result.stdout + result.stderr
+    [promoted] = wait_for(bridge_stack, "models.promoted", ModelPromoted, version=1)
+    print(f"\napproval->promoted observed {time.monotonic() - began:.1f}s")
+    assert promoted.previous_version is None
+    assert promoted.triton_model == production
+    assert triton_probabilities(bridge_stack, production, 1, x).shape == (16,)
+
+    # A second version of the same run (a retraining would do the same).
+    second = trained.model_copy(update={"event_id": uuid.uuid4()})
+    asyncio.run(send(bridge_stack, "models.trained", [(second.run_id, second.to_bytes())]))
+    [registered] = wait_for(
+        bridge_stack, "models.registered", ModelRegistered, causation_id=second.event_id
+    )
+    assert registered.version == 2
+
+    approve_v2 = PromotionApproved(model_name=MODEL, version=2, approved_by="bob")
+    asyncio.run(send(bridge_stack, "models.promotion-approved", [(MODEL, approve_v2.to_bytes())]))
+    [promoted] = wait_for(
+        bridge_stack, "models.promoted", ModelPromoted, causation_id=approve_v2.event_id
+    )
+    assert (promoted.version, promoted.previous_version) == (2, 1)
+
+    # Rollback: approve the earlier version again.
+    rollback = PromotionApproved(model_name=MODEL, version=1, approved_by="alice")
+    asyncio.run(send(bridge_stack, "models.promotion-approved", [(MODEL, rollback.to_bytes())]))
+    [promoted] = wait_for(
+        bridge_stack, "models.promoted", ModelPromoted, causation_id=rollback.event_id
+    )
+    assert (promoted.version, promoted.previous_version) == (1, 2)
+    client = mlflow.MlflowClient(bridge_stack.mlflow_uri)
+    assert int(client.get_model_version_by_alias(MODEL, "production").version) == 1
+    with TritonRepositoryClient(bridge_stack.triton_http) as repo:
+        assert repo.is_ready(production, 1)
+
+    # Refused: an unlisted approver, an unknown version. Nothing moves.
+    refused = [
+        PromotionApproved(model_name=MODEL, version=2, approved_by="mallory"),
+        PromotionApproved(model_name=MODEL, version=99, approved_by="alice"),
+    ]
+    asyncio.run(
+        send(bridge_stack, "models.promotion-approved", [(MODEL, e.to_bytes()) for e in refused])
+    )
+    for approval, reason in zip(refused, ("approver-not-allowed", "unknown-version"), strict=True):
+
+        def is_it(e: object, wanted: PromotionApproved = approval) -> bool:
+            return isinstance(e, PromotionApproved) and e.event_id == wanted.event_id
+
+        [(_, headers)] = asyncio.run(
+            events_on(bridge_stack, "models.promotion-approved.dlq", is_it)
+        )
+        assert headers[H_ERROR_REASON] == reason
+    assert int(client.get_model_version_by_alias(MODEL, "production").version) == 1

@@ -1,0 +1,142 @@
+"""The registry bridge's pure parts: gate, ONNX export and parity, Triton configs, approvals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+import xgboost as xgb
+from pydantic import SecretStr
+from spamops_registry_bridge.adapters import TAG_GATE, TAG_ONNX_SHA, VersionInfo
+from spamops_registry_bridge.handlers import BridgeDeps, check_approval, gate_failures
+from spamops_registry_bridge.onnx_export import export_onnx, onnx_spam_probability
+from spamops_registry_bridge.settings import RegistryBridgeSettings
+from spamops_registry_bridge.triton_model import kubernetes_config, local_config
+from spamops_runtime.kafka import RejectRecord
+from spamops_schemas import ClassificationMetrics, PromotionApproved
+from spamops_schemas.signing import sign_approval
+
+
+def metrics(f1: float, fpr: float) -> ClassificationMetrics:
+    return ClassificationMetrics(
+        f1=f1, precision=f1, recall=f1, roc_auc=0.99, false_positive_rate=fpr
+    )
+
+
+SETTINGS = RegistryBridgeSettings(min_f1=0.95, max_false_positive_rate=0.01, champion_margin=0.01)
+
+
+# ------------------------------------------------------------------ gate
+def test_a_good_model_without_champion_passes() -> None:
+    assert gate_failures(metrics(0.97, 0.004), SETTINGS, None) == []
+
+
+def test_absolute_thresholds_name_every_failed_check() -> None:
+    failures = gate_failures(metrics(0.90, 0.02), SETTINGS, None)
+    assert {f.gate for f in failures} == {"min_f1", "max_false_positive_rate"}
+    f1 = next(f for f in failures if f.gate == "min_f1")
+    assert (f1.actual, f1.threshold) == (0.90, 0.95)
+
+
+def test_challenger_may_not_be_worse_than_the_champion_by_more_than_the_margin() -> None:
+    champion = metrics(0.99, 0.001)
+    assert gate_failures(metrics(0.985, 0.005), SETTINGS, champion) == []
+    worse = gate_failures(metrics(0.975, 0.0125), SETTINGS, champion)
+    assert {f.gate for f in worse} == {
+        "champion_f1",
+        "champion_false_positive_rate",
+        "max_false_positive_rate",
+    }
+
+
+# ------------------------------------------------------------------ ONNX
+def test_onnx_export_matches_xgboost() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.random((400, 30), dtype=np.float32)
+    y = (x[:, 0] + x[:, 1] > 1).astype(int)
+    model = xgb.XGBClassifier(n_estimators=40, max_depth=4, tree_method="hist").fit(x, y)
+    onnx_bytes = export_onnx(model, 30)
+    p_onnx = onnx_spam_probability(onnx_bytes, x[:100])
+    p_xgb = model.predict_proba(x[:100])[:, 1]
+    assert np.max(np.abs(p_onnx - p_xgb)) <= 1e-5
+    assert len(onnx_bytes) < 5 * 2**20
+
+
+# --------------------------------------------------------------- configs
+def test_local_config_pins_versions_and_batches() -> None:
+    text = local_config(
+        "spam-detector-staging", 527, [3, 1, 2],
+        max_batch_size=64, dynamic_batching=True, max_queue_delay_microseconds=200,
+        instance_count=1,
+    )  # fmt: skip
+    assert 'backend: "python"' in text
+    assert "version_policy: { specific: { versions: [ 1, 2, 3 ] } }" in text
+    assert "max_batch_size: 64" in text
+    assert "dims: [ 527 ]" in text
+    assert "dynamic_batching" in text
+
+
+def test_kubernetes_config_uses_the_onnxruntime_backend_with_the_same_tensors() -> None:
+    text = kubernetes_config("spam-detector-production", 527)
+    assert 'backend: "onnxruntime"' in text
+    assert 'name: "spam_probability"' in text and 'name: "input"' in text
+
+
+# -------------------------------------------------------------- approvals
+@dataclass
+class FakeRegistry:
+    versions: dict[int, VersionInfo] = field(default_factory=dict)
+    model_name: str = "spam-detector"
+
+    def version(self, version: int) -> VersionInfo | None:
+        return self.versions.get(version)
+
+
+def deps_with(settings: RegistryBridgeSettings, versions: dict[int, VersionInfo]) -> BridgeDeps:
+    return BridgeDeps(
+        registry=FakeRegistry(versions),  # type: ignore[arg-type]
+        triton=None,  # type: ignore[arg-type]
+        publish=None,  # type: ignore[arg-type]
+        settings=settings,
+    )
+
+
+PASSED = VersionInfo(2, "run-2", {TAG_GATE: "passed", TAG_ONNX_SHA: "abc"}, ("staging",))
+FAILED = VersionInfo(3, "run-3", {TAG_GATE: "failed:onnx_parity"}, ())
+
+
+@pytest.mark.parametrize(
+    ("approval", "settings", "reason"),
+    [
+        (dict(version=9, approved_by="alice"), {}, "unknown-version"),
+        (dict(version=3, approved_by="alice"), {}, "gate-not-passed"),
+        (dict(version=2, approved_by="mallory"), {"approvers": ["alice"]}, "approver-not-allowed"),
+        (dict(version=2, approved_by="alice"), {"approval_secret": "s3cret"}, "bad-signature"),
+        (
+            dict(version=2, approved_by="alice", model_name="other-model"),
+            {},
+            "unknown-model",
+        ),
+    ],
+)
+def test_refused_approvals_name_their_reason(
+    approval: dict[str, Any], settings: dict[str, Any], reason: str
+) -> None:
+    event = PromotionApproved(**{"model_name": "spam-detector", **approval})
+    if "approval_secret" in settings:
+        settings = {**settings, "approval_secret": SecretStr(settings["approval_secret"])}
+    deps = deps_with(RegistryBridgeSettings(**settings), {2: PASSED, 3: FAILED})
+    with pytest.raises(RejectRecord) as caught:
+        check_approval(event, deps)
+    assert caught.value.reason == reason
+
+
+def test_a_signed_approval_by_an_allowed_approver_is_accepted() -> None:
+    signature = sign_approval("s3cret", "spam-detector", 2, "alice")
+    event = PromotionApproved(
+        model_name="spam-detector", version=2, approved_by="alice", signature=signature
+    )
+    settings = RegistryBridgeSettings(approvers=["alice"], approval_secret=SecretStr("s3cret"))
+    assert check_approval(event, deps_with(settings, {2: PASSED})) is PASSED
