@@ -12,12 +12,17 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from spamops_runtime.settings import PlatformSettings
+
+if TYPE_CHECKING:
+    from spamops_schemas import Event, PromotionApproved
+
+E = TypeVar("E", bound="Event")
 
 app = typer.Typer(
     name="spamops",
@@ -114,7 +119,17 @@ def ingest(
     wait_trained: Annotated[
         bool, typer.Option(help="Wait for the trainer's ModelTrained and print its metrics.")
     ] = False,
-    timeout_minutes: Annotated[float, typer.Option(help="How long --wait-trained waits.")] = 30,
+    wait_registered: Annotated[
+        bool, typer.Option(help="Also wait for ModelRegistered (staging, served by Triton).")
+    ] = False,
+    promote_first: Annotated[
+        bool,
+        typer.Option(
+            help="When no production model exists, approve this one in your name "
+            "(SPAMOPS_AUTO_PROMOTE=false turns it off)."
+        ),
+    ] = False,
+    timeout_minutes: Annotated[float, typer.Option(help="How long each wait lasts.")] = 30,
 ) -> None:
     """Build a content-addressed snapshot of the corpus and publish DatasetReady."""
     from spamops_cli.ingest import IngestError, run_ingest
@@ -145,36 +160,60 @@ def ingest(
 
         asyncio.run(send_events(settings, [event]))
         out.print(f"published DatasetReady {event.event_id} to datasets.ready")
-        if wait_trained:
-            _wait_trained(settings, str(event.event_id), timeout_minutes * 60)
+        if wait_trained or wait_registered or promote_first:
+            _follow_lifecycle(
+                settings,
+                str(event.event_id),
+                timeout_minutes * 60,
+                registered=wait_registered or promote_first,
+                promote_first=promote_first,
+            )
 
 
-def _wait_trained(settings: PlatformSettings, dataset_event_id: str, timeout_s: float) -> None:
-    """Follow models.trained until the ModelTrained caused by ``dataset_event_id``."""
+def _first_event(
+    settings: PlatformSettings, topic: str, cls: type[E], caused_by: str, timeout_s: float
+) -> E | None:
+    """The first ``cls`` event on ``topic`` caused by ``caused_by`` (None after the timeout)."""
     from spamops_runtime.replay import read_topic
-    from spamops_schemas import EventDecodeError, ModelTrained, decode_event
+    from spamops_schemas import EventDecodeError, decode_event
 
-    async def first_match() -> ModelTrained | None:
-        async for record in read_topic(settings, "models.trained", follow=True):
+    async def first_match() -> E | None:
+        async for record in read_topic(settings, topic, follow=True):
             try:
-                trained = decode_event(record.value, ModelTrained)
+                event = decode_event(record.value, cls)
             except EventDecodeError:
                 continue
-            if str(trained.causation_id) == dataset_event_id:
-                return trained
+            if str(event.causation_id) == caused_by:
+                return event
         return None
 
-    async def bounded() -> ModelTrained | None:
-        return await asyncio.wait_for(first_match(), timeout_s)
-
-    with console.status("training (Ray Tune search, then the final model) ..."):
+    async def bounded() -> E | None:
         try:
-            trained = asyncio.run(bounded())
+            return await asyncio.wait_for(first_match(), timeout_s)
         except TimeoutError:
-            trained = None
+            return None
+
+    return asyncio.run(bounded())
+
+
+def _follow_lifecycle(
+    settings: PlatformSettings,
+    dataset_event_id: str,
+    timeout_s: float,
+    *,
+    registered: bool,
+    promote_first: bool,
+) -> None:
+    """Follow DatasetReady -> ModelTrained [-> ModelRegistered [-> ModelPromoted]] and report."""
+    from spamops_schemas import ModelPromoted, ModelRegistered, ModelRejected, ModelTrained
+
+    logs = settings.state_dir / "logs"
+    with console.status("training (Ray Tune search, then the final model) ..."):
+        trained = _first_event(
+            settings, "models.trained", ModelTrained, dataset_event_id, timeout_s
+        )
     if trained is None:
-        log = settings.state_dir / "logs" / "trainer.log"
-        raise _fail(f"no ModelTrained within {timeout_s / 60:.0f} min; see {log}")
+        raise _fail(f"no ModelTrained within {timeout_s / 60:.0f} min; see {logs / 'trainer.log'}")
     m = trained.metrics
     out.print(
         f"ModelTrained: run {trained.run_id}  F1 {m.f1:.4f}  precision {m.precision:.4f}  "
@@ -182,6 +221,85 @@ def _wait_trained(settings: PlatformSettings, dataset_event_id: str, timeout_s: 
         f"({trained.training_seconds:.0f} s)"
     )
     out.print(f"MLflow: {settings.mlflow_uri}  model: {trained.model_uri}")
+    if not registered:
+        return
+    with console.status("gate, registry, ONNX export, Triton staging ..."):
+        outcome = _first_registration(settings, str(trained.event_id), timeout_s)
+    if isinstance(outcome, ModelRejected):
+        gates = ", ".join(
+            f"{f.gate} {f.actual:.4f} (limit {f.threshold})" for f in outcome.failures
+        )
+        raise _fail(f"ModelRejected by the gate: {gates}")
+    if not isinstance(outcome, ModelRegistered):
+        raise _fail(f"no ModelRegistered in time; see {logs / 'registry-bridge.log'}")
+    out.print(
+        f"ModelRegistered: {outcome.model_name} v{outcome.version} (alias staging), Triton "
+        f"{outcome.triton_model} v{outcome.triton_version}, ONNX parity "
+        f"{outcome.parity_max_abs_diff:.1e}"
+    )
+    if not promote_first:
+        return
+    if os.environ.get("SPAMOPS_AUTO_PROMOTE", "true").lower() in {"0", "false", "no"}:
+        out.print("SPAMOPS_AUTO_PROMOTE=false: not promoting; `spamops approve` does it")
+        return
+    if _production_version(settings, outcome.model_name) is not None:
+        out.print("a production model exists: promotion is left to a reviewer (spamops approve)")
+        return
+    user = os.environ.get("USER") or "local-user"
+    approval = _approval(outcome.model_name, outcome.version, user, "first model: make up")
+    out.print(f"no production model yet: sending PromotionApproved in the name of {user!r}")
+    from spamops_cli.kafka_io import send_events
+
+    asyncio.run(send_events(settings, [approval]))
+    with console.status("Triton production, alias production ..."):
+        promoted = _first_event(
+            settings, "models.promoted", ModelPromoted, str(approval.event_id), timeout_s
+        )
+    if promoted is None:
+        raise _fail(f"no ModelPromoted in time; see {logs / 'registry-bridge.log'}")
+    out.print(
+        f"ModelPromoted: {promoted.model_name} v{promoted.version} serves production "
+        f"(Triton {promoted.triton_model})"
+    )
+
+
+def _first_registration(settings: PlatformSettings, trained_id: str, timeout_s: float) -> object:
+    """ModelRegistered or ModelRejected caused by a ModelTrained, whichever comes."""
+    from spamops_runtime.replay import read_topic
+    from spamops_schemas import EventDecodeError, decode_event
+
+    async def watch(topic: str) -> object:
+        async for record in read_topic(settings, topic, follow=True):
+            try:
+                event = decode_event(record.value)
+            except EventDecodeError:
+                continue
+            if str(event.causation_id) == trained_id:
+                return event
+        return None
+
+    async def race() -> object:
+        tasks = [asyncio.create_task(watch(t)) for t in ("models.registered", "models.rejected")]
+        done, pending = await asyncio.wait(
+            tasks, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        return next(iter(done)).result() if done else None
+
+    return asyncio.run(race())
+
+
+def _production_version(settings: PlatformSettings, model_name: str) -> int | None:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(tracking_uri=settings.mlflow_uri)
+    try:
+        return int(client.get_model_version_by_alias(model_name, "production").version)
+    except MlflowException:
+        return None
 
 
 # ------------------------------------------------------------ user commands
@@ -283,6 +401,22 @@ def drift(
     _follow_events("monitoring.drift", follow, as_json)
 
 
+def _approval(model: str, version: int, by: str, reason: str) -> PromotionApproved:
+    """A PromotionApproved, signed when SPAMOPS_APPROVAL_SECRET is set."""
+    from spamops_schemas import PromotionApproved
+    from spamops_schemas.signing import sign_approval
+
+    secret = os.environ.get("SPAMOPS_APPROVAL_SECRET")
+    return PromotionApproved(
+        producer="spamops-cli",
+        model_name=model,
+        version=version,
+        approved_by=by,
+        reason=reason,
+        signature=sign_approval(secret, model, version, by) if secret else None,
+    )
+
+
 @app.command()
 def approve(
     model: Annotated[str, typer.Argument(help="Registered model name, e.g. spam-detector.")],
@@ -291,23 +425,11 @@ def approve(
     reason: Annotated[str, typer.Option(help="Why.")] = "",
 ) -> None:
     """Send PromotionApproved (signed when SPAMOPS_APPROVAL_SECRET is set)."""
-    from spamops_schemas import PromotionApproved
-    from spamops_schemas.signing import sign_approval
-
     from spamops_cli.kafka_io import send_events
 
     if version < 1:
         raise _fail("version must be >= 1", 2)
-    secret = os.environ.get("SPAMOPS_APPROVAL_SECRET")
-    signature = sign_approval(secret, model, version, by) if secret else None
-    event = PromotionApproved(
-        producer="spamops-cli",
-        model_name=model,
-        version=version,
-        approved_by=by,
-        reason=reason,
-        signature=signature,
-    )
+    event = _approval(model, version, by, reason)
     asyncio.run(send_events(_settings(), [event]))
     out.print(f"sent PromotionApproved {model} v{version} by {by} ({event.event_id})")
 
