@@ -134,7 +134,7 @@ def test_a_trained_model_is_registered_exported_and_served_as_staging(
     assert version.tags["spamops.onnx_sha256"] == registered.onnx_sha256
 
     onnx_path = mlflow.artifacts.download_artifacts(
-        run_id=trained.run_id, artifact_path="onnx/model.onnx", dst_path=str(tmp_path),
+        run_id=trained.run_id, artifact_path="onnx/v1/model.onnx", dst_path=str(tmp_path),
         tracking_uri=bridge_stack.mlflow_uri,
     )  # fmt: skip
     onnx_bytes = open(onnx_path, "rb").read()  # noqa: SIM115

@@ -40,7 +40,6 @@ TAG_REGISTERED_EVENT = "spamops.model_registered"
 TAG_PUBLISHED = "spamops.model_registered_published"
 TAG_PROMOTION_EVENT = "spamops.promotion_event_id"
 RUN_TAG_REJECTED = "spamops.model_rejected"
-ONNX_ARTIFACT = "onnx/model.onnx"
 PARITY_ARTIFACT = "parity/test_sample.npz"
 
 
@@ -170,19 +169,25 @@ class MlflowRegistry:
             with np.load(path, allow_pickle=False) as data:
                 return np.asarray(data["x"], np.float32), np.asarray(data["p"], np.float64)
 
-    def store_onnx(self, run_id: str, onnx_bytes: bytes) -> str:
-        """Log the ONNX file on the training run; returns its artifact URI."""
+    def onnx_artifact(self, version: int) -> str:
+        """Artifact path of a version's ONNX file on its run (one per version: a run can
+        back several versions, and exports are not byte-identical)."""
+        return f"onnx/v{version}/model.onnx"
+
+    def store_onnx(self, run_id: str, version: int, onnx_bytes: bytes) -> str:
+        """Log a version's ONNX file on the training run; returns its artifact URI."""
+        artifact = self.onnx_artifact(version)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.onnx"
             path.write_bytes(onnx_bytes)
-            self._client.log_artifact(run_id, str(path), "onnx")
-        return f"runs:/{run_id}/{ONNX_ARTIFACT}"
+            self._client.log_artifact(run_id, str(path), str(Path(artifact).parent))
+        return f"runs:/{run_id}/{artifact}"
 
-    def load_onnx(self, run_id: str) -> bytes:
-        """The ONNX file stored on a run."""
+    def load_onnx(self, run_id: str, version: int) -> bytes:
+        """A version's ONNX file."""
         with tempfile.TemporaryDirectory() as tmp:
             path = self._mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=ONNX_ARTIFACT, dst_path=tmp,
+                run_id=run_id, artifact_path=self.onnx_artifact(version), dst_path=tmp,
                 tracking_uri=self.tracking_uri,
             )  # fmt: skip
             return Path(path).read_bytes()

@@ -132,13 +132,19 @@ def _champion(registry: MlflowRegistry) -> ClassificationMetrics | None:
 def _reject(
     event: ModelTrained, registry: MlflowRegistry, failures: list[GateFailure]
 ) -> ModelRejected:
-    """The ModelRejected for a run, created once and kept on the run."""
-    stored = registry.run_tag(event.run_id, RUN_TAG_REJECTED)
+    """The ModelRejected of a ModelTrained, created once and kept on its run."""
+    stored = registry.run_tag(event.run_id, _rejected_tag(event))
     if stored:
         return ModelRejected.from_bytes(stored)
     rejected = event.caused(ModelRejected, producer=SERVICE, run_id=event.run_id, failures=failures)
-    registry.set_run_tag(event.run_id, RUN_TAG_REJECTED, rejected.model_dump_json())
+    registry.set_run_tag(event.run_id, _rejected_tag(event), rejected.model_dump_json())
     return rejected
+
+
+def _rejected_tag(event: ModelTrained) -> str:
+    # Keyed by the event: the same run judged again (other metrics, a new champion)
+    # gets its own verdict, a replay of the same event gets the stored one.
+    return f"{RUN_TAG_REJECTED}.{event.event_id}"
 
 
 def _export_and_check(
@@ -147,7 +153,7 @@ def _export_and_check(
     """ONNX export + parity with XGBoost on the logged test sample (stored on the run)."""
     registry, tolerance = deps.registry, deps.settings.parity_tolerance
     if TAG_ONNX_SHA in info.tags:
-        onnx_bytes = registry.load_onnx(event.run_id)
+        onnx_bytes = registry.load_onnx(event.run_id, info.version)
         if sha256_hex(onnx_bytes) != info.tags[TAG_ONNX_SHA]:
             raise RuntimeError(f"stored ONNX of version {info.version} does not match its sha256")
         return onnx_bytes, float(info.tags.get(TAG_PARITY, "0"))
@@ -163,7 +169,7 @@ def _export_and_check(
                 detail="ONNX and XGBoost probabilities differ on the test sample",
             )
         ]  # fmt: skip
-    uri = registry.store_onnx(event.run_id, onnx_bytes)
+    uri = registry.store_onnx(event.run_id, info.version, onnx_bytes)
     registry.set_tags(
         info.version,
         {TAG_ONNX_SHA: sha256_hex(onnx_bytes), TAG_ONNX_URI: uri, TAG_PARITY: repr(difference)},
@@ -201,7 +207,7 @@ def register_trained(event: ModelTrained, deps: BridgeDeps) -> tuple[Event, int 
     if info is not None and info.tags.get(TAG_PUBLISHED) == "true":
         return ModelRegistered.from_bytes(info.tags[TAG_REGISTERED_EVENT]), None
     if info is None:
-        if registry.run_tag(event.run_id, RUN_TAG_REJECTED):
+        if registry.run_tag(event.run_id, _rejected_tag(event)):
             return _reject(event, registry, []), None
         failures = gate_failures(event.metrics, settings, _champion(registry))
         if failures:
@@ -267,7 +273,8 @@ def registry_onnx_uri(info: VersionInfo, registry: MlflowRegistry, run_id: str) 
     if uri:
         return uri
     fresh = registry.version(info.version)
-    return (fresh.tags.get(TAG_ONNX_URI) if fresh else None) or f"runs:/{run_id}/onnx/model.onnx"
+    stored = fresh.tags.get(TAG_ONNX_URI) if fresh else None
+    return stored or f"runs:/{run_id}/{registry.onnx_artifact(info.version)}"
 
 
 async def on_model_trained(event: ModelTrained, record: RecordContext, deps: BridgeDeps) -> None:
@@ -319,7 +326,7 @@ def promote(event: PromotionApproved, deps: BridgeDeps) -> ModelPromoted | None:
     if info.tags.get(TAG_PROMOTION_EVENT) == str(event.event_id):
         return None
     previous = registry.alias_version(PRODUCTION)
-    onnx_bytes = registry.load_onnx(info.run_id)
+    onnx_bytes = registry.load_onnx(info.run_id, info.version)
     if sha256_hex(onnx_bytes) != info.tags[TAG_ONNX_SHA]:
         raise RuntimeError(f"stored ONNX of version {info.version} does not match its sha256")
     name = settings.triton_name(PRODUCTION)
