@@ -2,16 +2,193 @@
 
 from __future__ import annotations
 
-from faststream import FastStream
-from spamops_runtime.service import service_app, service_broker
+import asyncio
+import logging
+import uuid
+from typing import Any
 
+from faststream import AckPolicy, FastStream
+from faststream.kafka.annotations import KafkaMessage
+from spamops_runtime.kafka import (
+    RecordContext,
+    dead_letter,
+    outgoing_headers,
+    publish_event,
+    subscribe_events,
+)
+from spamops_runtime.service import service_app, service_broker
+from spamops_schemas import EmailLabeled, ModelPromoted, ModelRegistered
+from spamops_schemas.topics import (
+    EMAILS_FEEDBACK,
+    EMAILS_INBOX,
+    MODELS_PROMOTED,
+    MODELS_REGISTERED,
+)
+
+from spamops_inference.adapters import MlflowModels, TritonScorer
+from spamops_inference.handlers import (
+    SERVICE,
+    InboxRecord,
+    InferenceDeps,
+    classify_batch,
+    on_email_labeled,
+)
+from spamops_inference.metrics import BATCH_SIZE
+from spamops_inference.serving import PRODUCTION, STAGING, ModelCatalog
 from spamops_inference.settings import InferenceSettings
 
-SERVICE = "inference"
+logger = logging.getLogger(__name__)
+
+
+class _LazyScorer:
+    """The Triton client is created on the service's event loop, at start-up."""
+
+    def __init__(self, settings: InferenceSettings) -> None:
+        self.settings = settings
+        self.client: TritonScorer | None = None
+
+    async def score(self, model: str, version: int, x: Any) -> Any:
+        if self.client is None:
+            self.client = TritonScorer(
+                self.settings.platform.triton_grpc,
+                rows_per_request=self.settings.triton_batch,
+                timeout_s=self.settings.triton_timeout_s,
+            )
+        return await self.client.score(model, version, x)
+
+
+def _records(message: KafkaMessage) -> list[InboxRecord]:
+    raw = message.raw_message
+    batch = raw if isinstance(raw, tuple) else (raw,)
+    return [
+        InboxRecord(
+            topic=r.topic,
+            partition=r.partition,
+            offset=r.offset,
+            key=r.key.decode("utf-8", "replace") if r.key is not None else None,
+            value=r.value or b"",
+            headers={k: v.decode("utf-8", "replace") for k, v in (r.headers or ())},
+            timestamp_ms=r.timestamp,
+        )
+        for r in batch
+    ]
 
 
 def build_app(settings: InferenceSettings | None = None) -> FastStream:
     """Bootstrap: build the broker and register the handlers with their dependencies."""
     settings = settings or InferenceSettings()
     broker = service_broker(SERVICE, settings)
-    return service_app(SERVICE, settings, broker)
+    platform = settings.platform
+    models = MlflowModels(platform.mlflow_uri, platform.model_name)
+    catalog = ModelCatalog(models.load)
+    scorer = _LazyScorer(settings)
+    deps = InferenceDeps(catalog=catalog, scorer=scorer, settings=settings)
+    if settings.use_reputation:
+        from spamops_features.reputation import ReputationStore
+
+        store = ReputationStore.open(
+            platform.state_dir / "data" / "inference" / "feast", platform.redis
+        )
+        deps.reputation = store.online
+        deps.push_label = store.push_label
+
+    @broker.subscriber(
+        EMAILS_INBOX,
+        group_id=settings.group_id,
+        batch=True,
+        max_records=settings.batch_max_records,
+        batch_timeout_ms=settings.batch_timeout_ms,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+        title=f"{SERVICE}:{EMAILS_INBOX}",
+    )
+    async def on_inbox(message: KafkaMessage) -> None:
+        """inference: raw RFC 822 emails from emails.inbox -> EmailClassified on emails.verdicts."""
+        records = _records(message)
+        BATCH_SIZE.observe(len(records))
+        result = await classify_batch(records, deps)
+        # Every verdict acknowledged by Kafka (and every refusal dead-lettered) before the
+        # batch's offsets are committed: a crash here replays the batch, loses nothing.
+        await asyncio.gather(
+            *(
+                publish_event(
+                    broker,
+                    verdict,
+                    key=record.key or verdict.message_key,
+                    headers=_trace(record),
+                    service=SERVICE,
+                )
+                for record, verdict in result.verdicts
+            )
+        )
+        for refused in result.refused:
+            r = refused.record
+            await dead_letter(
+                broker,
+                RecordContext(
+                    r.topic, r.partition, r.offset, r.key, r.headers, r.timestamp_ms, r.value
+                ),
+                reason=refused.reason,
+                error=refused.message,
+                service=SERVICE,
+            )
+        await message.ack()
+
+    # Every instance must see every switch: a group of its own, from the latest offset
+    # (the current aliases are read from MLflow at start).
+    control_group = f"{settings.group_id}-control-{uuid.uuid4().hex[:8]}"
+
+    async def on_registered(event: ModelRegistered, record: RecordContext) -> None:
+        if event.model_name == platform.model_name:
+            await catalog.switch(STAGING, event.version)
+
+    async def on_promoted(event: ModelPromoted, record: RecordContext) -> None:
+        if event.model_name == platform.model_name:
+            await catalog.switch(PRODUCTION, event.version)
+
+    for topic, cls, handler in (
+        (MODELS_REGISTERED, ModelRegistered, on_registered),
+        (MODELS_PROMOTED, ModelPromoted, on_promoted),
+    ):
+        subscribe_events(
+            broker, topic=topic, event_cls=cls, handler=handler,  # type: ignore[arg-type]
+            settings=settings, service=SERVICE, group_id=control_group,
+            auto_offset_reset="latest",
+        )  # fmt: skip
+
+    async def on_labeled(event: EmailLabeled, record: RecordContext) -> None:
+        await on_email_labeled(event, deps)
+
+    subscribe_events(
+        broker,
+        topic=EMAILS_FEEDBACK,
+        event_cls=EmailLabeled,
+        handler=on_labeled,
+        settings=settings,
+        service=SERVICE,
+        group_id=f"{settings.group_id}-feedback",
+    )
+
+    app = service_app(SERVICE, settings, broker)
+
+    @app.on_startup
+    async def _load_current_models() -> None:
+        """The serving versions as MLflow knows them now (before consuming anything)."""
+        for attempt in range(1, 6):
+            try:
+                aliases = await asyncio.to_thread(models.aliases)
+                break
+            except Exception:  # MLflow not up yet: the stack starts it first, but be patient
+                logger.warning("cannot read aliases from MLflow", extra={"attempt": attempt})
+                await asyncio.sleep(2 * attempt)
+        else:
+            aliases = {}
+        for alias, version in aliases.items():
+            await catalog.switch(alias, version)
+        logger.info("serving models", extra={"aliases": aliases})
+
+    return app
+
+
+def _trace(record: InboxRecord) -> dict[str, str]:
+    return outgoing_headers(None, {k: v for k, v in record.headers.items() if k == "traceparent"})

@@ -1,0 +1,141 @@
+"""The inference service's outside world: MLflow (which version, its pipeline), Triton."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from collections import OrderedDict
+
+import numpy as np
+from spamops_features.pipeline import FeaturePipeline
+from spamops_schemas import ModelTrained
+
+from spamops_inference.serving import ServingModel
+
+logger = logging.getLogger(__name__)
+
+TAG_MODEL_TRAINED = "spamops.model_trained"  # the trainer keeps its ModelTrained on the run
+PIPELINE_ARTIFACT = "feature_pipeline"
+TRITON_INPUT = "input"
+TRITON_OUTPUT = "spam_probability"
+
+
+class MlflowModels:
+    """Resolves aliases and loads a version's feature pipeline and threshold from MLflow."""
+
+    def __init__(self, tracking_uri: str, model_name: str) -> None:
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)
+        self._mlflow = mlflow
+        self._client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
+
+    def aliases(self) -> dict[str, int]:
+        """alias -> version for staging and production (those that exist)."""
+        from mlflow.exceptions import MlflowException
+
+        found: dict[str, int] = {}
+        for alias in ("staging", "production"):
+            try:
+                mv = self._client.get_model_version_by_alias(self.model_name, alias)
+            except MlflowException:
+                continue
+            found[alias] = int(mv.version)
+        return found
+
+    def load(self, alias: str, version: int) -> ServingModel:
+        """The version's pipeline (verified against this feature code) and threshold."""
+        mv = self._client.get_model_version(self.model_name, str(version))
+        run_id = str(mv.run_id)
+        run = self._client.get_run(run_id)
+        trained_json = run.data.tags.get(TAG_MODEL_TRAINED)
+        threshold = ModelTrained.from_bytes(trained_json).threshold if trained_json else 0.5
+        with tempfile.TemporaryDirectory() as tmp:
+            local = self._mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=PIPELINE_ARTIFACT, dst_path=tmp,
+                tracking_uri=self.tracking_uri,
+            )  # fmt: skip
+            pipeline = FeaturePipeline.load(local)
+        return ServingModel(
+            alias=alias,
+            model_name=self.model_name,
+            version=version,
+            threshold=threshold,
+            pipeline=pipeline,
+            triton_model=f"{self.model_name}-{alias}",
+        )
+
+
+class TritonUnavailableError(RuntimeError):
+    """Triton could not be reached (retry; nothing is committed meanwhile)."""
+
+
+class TritonScorer:
+    """Spam probabilities from Triton over async gRPC, the model version pinned."""
+
+    def __init__(self, grpc_endpoint: str, *, rows_per_request: int, timeout_s: float) -> None:
+        import tritonclient.grpc.aio as triton_aio
+
+        self._aio = triton_aio
+        self._client = triton_aio.InferenceServerClient(grpc_endpoint)
+        self.rows_per_request = rows_per_request
+        self.timeout_s = timeout_s
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._client.close()
+
+    async def _request(self, model: str, version: int, rows: np.ndarray) -> np.ndarray:
+        from tritonclient.utils import InferenceServerException
+
+        tensor = self._aio.InferInput(TRITON_INPUT, list(rows.shape), "FP32")
+        tensor.set_data_from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+        try:
+            result = await self._client.infer(
+                model,
+                [tensor],
+                model_version=str(version),
+                outputs=[self._aio.InferRequestedOutput(TRITON_OUTPUT)],
+                client_timeout=self.timeout_s,
+            )
+        except InferenceServerException as exc:
+            status = str(exc.status() or "")
+            if "UNAVAILABLE" in status or "DEADLINE" in status or "unavailable" in str(exc):
+                raise TritonUnavailableError(str(exc)) from exc
+            raise
+        values = result.as_numpy(TRITON_OUTPUT)
+        if values is None:
+            raise RuntimeError(f"triton {model} v{version} returned no {TRITON_OUTPUT}")
+        return np.asarray(values, dtype=np.float64)[:, 0]
+
+    async def score(self, model: str, version: int, x: np.ndarray) -> np.ndarray:
+        """P(spam) per row; requests of ``rows_per_request`` rows run concurrently."""
+        if len(x) == 0:
+            return np.empty(0)
+        step = self.rows_per_request
+        parts = await asyncio.gather(
+            *(self._request(model, version, x[i : i + step]) for i in range(0, len(x), step))
+        )
+        return np.concatenate(parts)
+
+
+class RecentSenders:
+    """message key -> sender domain of recently classified mail (bounded, for feedback)."""
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self._items: OrderedDict[str, str] = OrderedDict()
+        self.capacity = capacity
+
+    def remember(self, key: str, domain: str) -> None:
+        """Keep the newest ``capacity`` keys."""
+        self._items[key] = domain
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def domain(self, key: str) -> str | None:
+        """The sender domain of a classified message, if still remembered."""
+        return self._items.get(key)

@@ -1,0 +1,234 @@
+"""The inference stream's logic: a batch of raw inbox records -> verdicts and dead letters.
+
+Plain async functions with their dependencies passed in (``InferenceDeps``);
+``app.py`` wires them to Kafka. One batch uses the serving models of one
+instant (``ModelCatalog.snapshot``), so features and model always match.
+
+Routing: header ``x-environment: staging`` -> the staging model; absent or
+``production`` -> production. When no production model exists yet, production
+requests are classified by staging and the verdict says so in ``note``; when
+no model exists at all, the records are dead-lettered with reason ``no-model``
+(nothing is lost: the dead-letter topic keeps them for a replay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+import numpy as np
+from spamops_features.mail import MailParseError, ParsedEmail, message_key, parse_email
+from spamops_features.reputation import OnlineReputation
+from spamops_schemas import EmailClassified, EmailLabeled
+
+from spamops_inference.adapters import RecentSenders, TritonUnavailableError
+from spamops_inference.metrics import (
+    END_TO_END_SECONDS,
+    MESSAGES_IN,
+    REPUTATION_DEGRADED,
+    TRITON_RETRIES,
+    TRITON_SECONDS,
+    VERDICTS,
+)
+from spamops_inference.serving import PRODUCTION, STAGING, ModelCatalog, ServingModel
+from spamops_inference.settings import InferenceSettings
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "inference"
+ENVIRONMENT_HEADER = "x-environment"
+NO_PRODUCTION_NOTE = "no production model yet: classified by the staging model"
+
+
+class Scorer(Protocol):
+    """Scores feature rows with a pinned model version (Triton)."""
+
+    async def score(self, model: str, version: int, x: np.ndarray) -> np.ndarray: ...
+
+
+ReputationLookup = Callable[[Sequence[str], datetime], OnlineReputation]
+ReputationPush = Callable[[str, str, datetime], object]
+
+
+@dataclass(frozen=True)
+class InboxRecord:
+    """One raw inbox record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: bytes
+    headers: dict[str, str]
+    timestamp_ms: int
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A record that gets a dead letter instead of a verdict."""
+
+    record: InboxRecord
+    reason: str
+    message: str
+
+
+@dataclass
+class BatchResult:
+    """What one batch produced, in input order for the verdicts."""
+
+    verdicts: list[tuple[InboxRecord, EmailClassified]] = field(default_factory=list)
+    refused: list[Refused] = field(default_factory=list)
+
+
+@dataclass
+class InferenceDeps:
+    """What the stream needs from the outside world."""
+
+    catalog: ModelCatalog
+    scorer: Scorer
+    settings: InferenceSettings
+    reputation: ReputationLookup | None = None
+    push_label: ReputationPush | None = None
+    senders: RecentSenders = field(default_factory=RecentSenders)
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    record: InboxRecord
+    email: ParsedEmail
+    environment: str
+    key: str
+
+
+def _parse(record: InboxRecord, settings: InferenceSettings) -> _Parsed | Refused:
+    if not record.value:
+        return Refused(record, "empty", "the record has no bytes")
+    if len(record.value) > settings.max_message_bytes:
+        return Refused(
+            record,
+            "too-large",
+            f"{len(record.value)} bytes > limit {settings.max_message_bytes}",
+        )
+    environment = (record.headers.get(ENVIRONMENT_HEADER) or PRODUCTION).strip().lower()
+    if environment not in (STAGING, PRODUCTION):
+        return Refused(record, "bad-environment", f"x-environment {environment!r}")
+    try:
+        email = parse_email(record.value, max_bytes=settings.max_message_bytes)
+    except MailParseError as exc:
+        return Refused(record, exc.reason, str(exc))
+    return _Parsed(record, email, environment, record.key or message_key(record.value, email))
+
+
+async def _score(deps: InferenceDeps, model: ServingModel, x: np.ndarray) -> np.ndarray:
+    """Triton scores; while Triton is unreachable, wait and retry (the batch stays uncommitted)."""
+    pause = 0.2
+    while True:
+        began = time.perf_counter()
+        try:
+            scores = await deps.scorer.score(model.triton_model, model.version, x)
+        except TritonUnavailableError as exc:
+            TRITON_RETRIES.inc()
+            logger.warning(
+                "triton unreachable, retrying",
+                extra={"retry_in_s": pause, "triton_model": model.triton_model, "error": str(exc)},
+            )
+            await deps.sleep(pause)
+            pause = min(pause * 2, deps.settings.triton_retry_max_s)
+            continue
+        TRITON_SECONDS.observe(time.perf_counter() - began)
+        return scores
+
+
+def _reputation(deps: InferenceDeps, emails: Sequence[ParsedEmail]) -> np.ndarray | None:
+    if deps.reputation is None:
+        return None
+    result = deps.reputation([e.sender_domain for e in emails], datetime.now(UTC))
+    if result.degraded:
+        REPUTATION_DEGRADED.inc()
+    return result.values
+
+
+async def classify_batch(records: Sequence[InboxRecord], deps: InferenceDeps) -> BatchResult:
+    """Verdicts for the parsable, routable records; dead letters (with reasons) for the rest."""
+    MESSAGES_IN.inc(len(records))
+    result = BatchResult()
+    models = deps.catalog.snapshot()
+    by_environment: dict[str, list[_Parsed]] = {PRODUCTION: [], STAGING: []}
+    for record in records:
+        parsed = _parse(record, deps.settings)
+        if isinstance(parsed, Refused):
+            result.refused.append(parsed)
+        else:
+            by_environment[parsed.environment].append(parsed)
+    verdicts: dict[int, tuple[InboxRecord, EmailClassified]] = {}
+    for environment, items in by_environment.items():
+        if not items:
+            continue
+        model, note = models.get(environment), ""
+        if model is None and environment == PRODUCTION and STAGING in models:
+            model, note = models[STAGING], NO_PRODUCTION_NOTE
+        if model is None:
+            result.refused += [
+                Refused(p.record, "no-model", f"no {environment} model is registered yet")
+                for p in items
+            ]
+            continue
+        emails = [p.email for p in items]
+        reputation = _reputation(deps, emails)
+        x = model.pipeline.transform(emails, reputation)
+        probabilities = await _score(deps, model, x)
+        shadow_model = models.get(STAGING) if deps.settings.shadow else None
+        shadow: np.ndarray | None = None
+        if shadow_model is not None and environment == PRODUCTION and shadow_model != model:
+            x_shadow = shadow_model.pipeline.transform(emails, reputation)
+            shadow = await _score(deps, shadow_model, x_shadow)
+        shadow_version = shadow_model.version if shadow is not None and shadow_model else None
+        features = model.pipeline.handcrafted_from_matrix(x)
+        now_ms = deps.clock() * 1000
+        for i, item in enumerate(items):
+            p = float(np.clip(probabilities[i], 0.0, 1.0))
+            latency = max(0.0, now_ms - item.record.timestamp_ms)
+            verdict = EmailClassified(
+                producer=SERVICE,
+                message_key=item.key,
+                verdict="spam" if p >= model.threshold else "ham",
+                spam_probability=p,
+                threshold=model.threshold,
+                model_name=model.model_name,
+                model_version=model.version,
+                environment=environment,  # type: ignore[arg-type]
+                features=features[i],
+                latency_ms=latency,
+                shadow_probability=float(shadow[i]) if shadow is not None else None,
+                shadow_version=shadow_version,
+                note=note,
+                inbox_partition=item.record.partition,
+                inbox_offset=item.record.offset,
+            )
+            VERDICTS.labels(verdict.verdict, str(model.version), environment).inc()
+            END_TO_END_SECONDS.observe(latency / 1000)
+            deps.senders.remember(item.key, item.email.sender_domain)
+            verdicts[id(item.record)] = (item.record, verdict)
+    result.verdicts = [verdicts[id(r)] for r in records if id(r) in verdicts]
+    return result
+
+
+async def on_email_labeled(event: EmailLabeled, deps: InferenceDeps) -> None:
+    """EmailLabeled -> the sender's reputation in Feast (online and offline)."""
+    if deps.push_label is None:
+        return
+    domain = event.sender_domain or deps.senders.domain(event.message_key)
+    if not domain:
+        logger.warning(
+            "label for a message whose sender is unknown here: reputation unchanged",
+            extra={"message_key": event.message_key},
+        )
+        return
+    await asyncio.to_thread(deps.push_label, domain, event.label, event.occurred_at)

@@ -1,0 +1,160 @@
+"""The inference stream's logic with small fakes: routing, bad input, retries, switches."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+from spamops_features.pipeline import FeaturePipeline, _probe_emails
+from spamops_inference.adapters import TritonUnavailableError
+from spamops_inference.handlers import (
+    NO_PRODUCTION_NOTE,
+    InboxRecord,
+    InferenceDeps,
+    classify_batch,
+)
+from spamops_inference.serving import ModelCatalog, ServingModel
+from spamops_inference.settings import InferenceSettings
+
+PIPELINE = FeaturePipeline.fit(_probe_emails())
+
+
+def email(i: int) -> bytes:
+    return (
+        f"From: someone{i}@example{i % 3}.org\nTo: you@example.net\nSubject: hello {i}\n"
+        f"Message-ID: <m{i}@example.org>\nDate: Tue, 1 Oct 2002 10:00:00 +0000\n\nbody {i}\n"
+    ).encode()
+
+
+def record(
+    value: bytes, offset: int, env: str | None = None, key: str | None = None
+) -> InboxRecord:
+    headers = {"x-environment": env} if env else {}
+    return InboxRecord("emails.inbox", 0, offset, key or f"k{offset}", value, headers, 1_000)
+
+
+class FakeScorer:
+    """Probability 0.9 for production v2, 0.2 for staging; can fail a few times first."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.calls: list[tuple[str, int, int]] = []
+
+    async def score(self, model: str, version: int, x: np.ndarray) -> np.ndarray:
+        if self.failures:
+            self.failures -= 1
+            raise TritonUnavailableError("connection refused")
+        self.calls.append((model, version, len(x)))
+        assert x.shape[1] == PIPELINE.spec.n_inputs
+        return np.full(len(x), 0.9 if "production" in model else 0.2)
+
+
+def serving(alias: str, version: int) -> ServingModel:
+    return ServingModel(alias, "spam-detector", version, 0.5, PIPELINE, f"spam-detector-{alias}")
+
+
+async def deps_for(aliases: dict[str, int], scorer: Any = None, **settings: Any) -> InferenceDeps:
+    catalog = ModelCatalog(lambda alias, version: serving(alias, version))
+    for alias, version in aliases.items():
+        await catalog.switch(alias, version)
+
+    async def no_sleep(_: float) -> None:
+        return None
+
+    return InferenceDeps(
+        catalog=catalog,
+        scorer=scorer or FakeScorer(),
+        settings=InferenceSettings(**settings),
+        clock=lambda: 2.0,
+        sleep=no_sleep,
+    )
+
+
+async def test_routing_by_environment_header() -> None:
+    deps = await deps_for({"production": 2, "staging": 3})
+    records = [
+        record(email(0), 0),
+        record(email(1), 1, "staging"),
+        record(email(2), 2, "production"),
+    ]
+    result = await classify_batch(records, deps)
+    assert not result.refused
+    got = [(r.offset, v.environment, v.model_version, v.verdict) for r, v in result.verdicts]
+    assert got == [
+        (0, "production", 2, "spam"),
+        (1, "staging", 3, "ham"),
+        (2, "production", 2, "spam"),
+    ]
+    verdict = result.verdicts[0][1]
+    assert verdict.message_key == "k0"
+    assert verdict.latency_ms == pytest.approx(1000.0)
+    assert set(verdict.features) == set(PIPELINE.spec.handcrafted_names)
+
+
+async def test_without_a_production_model_staging_classifies_and_says_so() -> None:
+    deps = await deps_for({"staging": 1})
+    result = await classify_batch([record(email(0), 0)], deps)
+    [(_, verdict)] = result.verdicts
+    assert verdict.model_version == 1 and verdict.note == NO_PRODUCTION_NOTE
+
+
+async def test_without_any_model_records_are_dead_lettered_not_dropped() -> None:
+    result = await classify_batch([record(email(0), 0)], await deps_for({}))
+    assert [r.reason for r in result.refused] == ["no-model"]
+
+
+async def test_bad_input_gets_a_reason_and_the_rest_of_the_batch_goes_on() -> None:
+    deps = await deps_for({"production": 2}, max_message_bytes=1000)
+    records = [
+        record(b"", 0),
+        record(b"\x00\x01\x02" * 10, 1),
+        record(email(2) + b"x" * 2000, 2),
+        record(email(3), 3, "canary"),
+        record(email(4), 4),
+    ]
+    result = await classify_batch(records, deps)
+    reasons = {r.record.offset: r.reason for r in result.refused}
+    assert reasons[0] == "empty"
+    assert reasons[2] == "too-large"
+    assert reasons[3] == "bad-environment"
+    assert 1 in reasons or any(r.offset == 1 for r, _ in result.verdicts)  # garbage: either way
+    assert 4 in [r.offset for r, _ in result.verdicts]
+    assert len(result.refused) + len(result.verdicts) == len(records)  # nothing disappears
+
+
+async def test_triton_unreachable_is_retried_until_it_answers() -> None:
+    scorer = FakeScorer(failures=3)
+    result = await classify_batch([record(email(0), 0)], await deps_for({"production": 2}, scorer))
+    assert len(result.verdicts) == 1
+    assert scorer.calls == [("spam-detector-production", 2, 1)]
+
+
+async def test_shadow_scores_production_traffic_with_staging() -> None:
+    deps = await deps_for({"production": 2, "staging": 3}, shadow=True)
+    result = await classify_batch([record(email(0), 0)], deps)
+    [(_, verdict)] = result.verdicts
+    assert verdict.spam_probability == pytest.approx(0.9)
+    assert verdict.shadow_probability == pytest.approx(0.2)
+    assert verdict.shadow_version == 3
+
+
+async def test_a_switch_is_atomic_for_a_batch() -> None:
+    """A batch snapshots the catalog: a promotion mid-batch applies to the next batch."""
+    gate = asyncio.Event()
+
+    class SlowScorer(FakeScorer):
+        async def score(self, model: str, version: int, x: np.ndarray) -> np.ndarray:
+            await gate.wait()
+            return await super().score(model, version, x)
+
+    deps = await deps_for({"production": 2}, SlowScorer())
+    batch = asyncio.create_task(classify_batch([record(email(0), 0)], deps))
+    await asyncio.sleep(0.01)
+    await deps.catalog.switch("production", 5)
+    gate.set()
+    [(_, verdict)] = (await batch).verdicts
+    assert verdict.model_version == 2
+    [(_, after)] = (await classify_batch([record(email(1), 1)], deps)).verdicts
+    assert after.model_version == 5
