@@ -54,12 +54,22 @@ async def events_on(
         await asyncio.sleep(2)
 
 
-async def send(settings: PlatformSettings, topic: str, items: list[tuple[str, bytes]]) -> None:
-    """Produce ``(key, value)`` records, each acknowledged by Kafka."""
+async def send(
+    settings: PlatformSettings,
+    topic: str,
+    items: list[tuple[str, bytes]],
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Produce ``(key, value)`` records (with ``headers``), each acknowledged by Kafka."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     await producer.start()
     try:
         for key, value in items:
-            await producer.send_and_wait(topic, value, key=key.encode())
+            await producer.send_and_wait(
+                topic,
+                value,
+                key=key.encode(),
+                headers=[(k, v.encode()) for k, v in (headers or {}).items()],
+            )
     finally:
         await producer.stop()

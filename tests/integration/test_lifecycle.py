@@ -1,13 +1,15 @@
-"""The registry bridge on the real stack: MLflow registry, ONNX, Triton staging and production.
+"""The lifecycle on the real stack: training, registry, ONNX, Triton, promotion, the stream.
 
-trainer (small search) and registry-bridge run as processes; one real training
-gives version 1, a second ModelTrained of the same run gives version 2, so
-promotion and rollback have two versions to move between.
+trainer (small search), registry-bridge and inference run as processes; one
+real training gives version 1, a second ModelTrained of the same run gives
+version 2, so promotion and rollback have two versions to move between, and
+the inference stream classifies with whatever production and staging are.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,11 +20,13 @@ import pytest
 from spamops_cli import stack as local_stack
 from spamops_registry_bridge.onnx_export import onnx_spam_probability
 from spamops_runtime.kafka import H_ERROR_REASON
+from spamops_runtime.replay import read_topic
 from spamops_runtime.settings import PlatformSettings
 from spamops_runtime.triton_repo import TritonRepositoryClient
 from spamops_schemas import (
     ClassificationMetrics,
     DatasetReady,
+    EmailClassified,
     ModelPromoted,
     ModelRegistered,
     ModelRejected,
@@ -45,6 +49,7 @@ ENV = {
     "SPAMOPS_REGISTRY_BRIDGE_MAX_FALSE_POSITIVE_RATE": "0.2",
     "SPAMOPS_REGISTRY_BRIDGE_CHAMPION_MARGIN": "1.0",
     "SPAMOPS_REGISTRY_BRIDGE_APPROVERS": '["alice", "bob"]',
+    "SPAMOPS_INFERENCE_MAX_MESSAGE_BYTES": "200000",
 }
 MODEL = "spam-detector"
 
@@ -56,8 +61,16 @@ def bridge_stack(stack_factory: StackFactory) -> Iterator[PlatformSettings]:
         for key, value in ENV.items():
             patch.setenv(key, value)
         settings = stack_factory(
-            components=["kafka", "redis", "mlflow", "triton", "trainer", "registry-bridge"],
-            name="bridge-stack",
+            components=[
+                "kafka",
+                "redis",
+                "mlflow",
+                "triton",
+                "trainer",
+                "registry-bridge",
+                "inference",
+            ],
+            name="lifecycle-stack",
         )
     yield settings
     local_stack.down(settings)
@@ -243,3 +256,133 @@ def test_promotion_rollback_and_refused_approvals(
         )
         assert headers[H_ERROR_REASON] == reason
     assert int(client.get_model_version_by_alias(MODEL, "production").version) == 1
+
+
+# ------------------------------------------------------------------ inference
+def corpus_like(i: int, spam: bool) -> bytes:
+    subject = "FREE money, click now!!!" if spam else f"Re: notes from the meeting {i}"
+    body = (
+        "CLICK HERE http://198.51.100.7/win to claim your prize!!! Unsubscribe"
+        if spam
+        else "Hi, attached are the notes. See you on Monday. Regards"
+    )
+    return (
+        f"From: {'promo' if spam else 'colleague'}{i}@{'deals' if spam else 'example'}.com\n"
+        f"To: you@example.org\nSubject: {subject}\nMessage-ID: <it-{uuid.uuid4().hex}@x>\n"
+        f"Date: Tue, 1 Oct 2002 10:00:00 +0000\n\n{body} {i}\n"
+    ).encode()
+
+
+def verdicts_for(settings: PlatformSettings, keys: set[str]) -> dict[str, list[EmailClassified]]:
+    def match(e: object) -> bool:
+        return isinstance(e, EmailClassified) and e.message_key in keys
+
+    found: dict[str, list[EmailClassified]] = {}
+    deadline = time.monotonic() + 120
+    while True:
+        found = {}
+        for event, _ in asyncio.run(events_on(settings, "emails.verdicts", match)):
+            found.setdefault(event.message_key, []).append(event)
+        if set(found) == keys or time.monotonic() > deadline:
+            return found
+        time.sleep(1)
+
+
+def test_the_stream_classifies_with_production_and_staging(
+    bridge_stack: PlatformSettings,
+    registered_v1: tuple[ModelTrained, ModelRegistered, float],
+) -> None:
+    client = mlflow.MlflowClient(bridge_stack.mlflow_uri)
+    production = int(client.get_model_version_by_alias(MODEL, "production").version)
+    staging = int(client.get_model_version_by_alias(MODEL, "staging").version)
+    mails = {f"p-{i}": corpus_like(i, spam=i % 2 == 0) for i in range(20)}
+    asyncio.run(send(bridge_stack, "emails.inbox", list(mails.items())))
+    staged = {"s-1": corpus_like(99, spam=True)}
+    asyncio.run(
+        send(
+            bridge_stack, "emails.inbox", list(staged.items()), headers={"x-environment": "staging"}
+        )
+    )
+    got = verdicts_for(bridge_stack, set(mails) | set(staged))
+    assert set(got) == set(mails) | set(staged)
+    for key in mails:
+        [verdict] = got[key]
+        assert (verdict.environment, verdict.model_version) == ("production", production)
+        assert verdict.features and verdict.latency_ms >= 0
+    [staged_verdict] = got["s-1"]
+    assert (staged_verdict.environment, staged_verdict.model_version) == ("staging", staging)
+    spam_keys = [k for k in mails if int(k.split("-")[1]) % 2 == 0]
+    flagged = sum(got[k][0].verdict == "spam" for k in spam_keys)
+    assert flagged >= len(spam_keys) // 2  # a tiny model, but it sees obvious spam
+
+
+def test_bad_inbox_records_are_dead_lettered_and_the_stream_goes_on(
+    bridge_stack: PlatformSettings,
+    registered_v1: tuple[ModelTrained, ModelRegistered, float],
+) -> None:
+    bad = {"bad-empty": b"", "bad-big": corpus_like(1, True) + b"x" * 300_000}
+    good = {"after-bad": corpus_like(2, False)}
+    asyncio.run(send(bridge_stack, "emails.inbox", [*bad.items(), *good.items()]))
+    asyncio.run(
+        send(bridge_stack, "emails.inbox", [("bad-env", corpus_like(3, False))],
+             headers={"x-environment": "canary"})
+    )  # fmt: skip
+    reasons: dict[str, str] = {}
+    deadline = time.monotonic() + 120
+    while len(reasons) < 3 and time.monotonic() < deadline:
+        time.sleep(1)
+        reasons = dead_letter_reasons(bridge_stack)
+    assert reasons.get("bad-empty") == "empty"
+    assert reasons.get("bad-big") == "too-large"
+    assert reasons.get("bad-env") == "bad-environment"
+    assert set(verdicts_for(bridge_stack, set(good))) == set(good)
+
+
+def dead_letter_reasons(settings: PlatformSettings) -> dict[str, str]:
+    async def collect() -> dict[str, str]:
+        out: dict[str, str] = {}
+        async for record in read_topic(settings, "emails.inbox.dlq", idle_timeout_s=0.5):
+            if record.key:
+                out[record.key] = record.headers.get(H_ERROR_REASON, "")
+        return out
+
+    return asyncio.run(collect())
+
+
+def test_a_promotion_while_the_stream_flows_loses_and_mixes_nothing(
+    bridge_stack: PlatformSettings,
+    registered_v1: tuple[ModelTrained, ModelRegistered, float],
+) -> None:
+    client = mlflow.MlflowClient(bridge_stack.mlflow_uri)
+    before = int(client.get_model_version_by_alias(MODEL, "production").version)
+    target = 2 if before == 1 else 1
+    mails = {f"flow-{i}": corpus_like(i, spam=i % 3 == 0) for i in range(400)}
+    items = list(mails.items())
+    approval = PromotionApproved(model_name=MODEL, version=target, approved_by="alice")
+
+    async def flow() -> None:
+        for start in range(0, len(items), 20):
+            await send(bridge_stack, "emails.inbox", items[start : start + 20])
+            if start == 100:
+                await send(
+                    bridge_stack, "models.promotion-approved", [(MODEL, approval.to_bytes())]
+                )
+            await asyncio.sleep(0.05)
+
+    asyncio.run(flow())
+    wait_for(bridge_stack, "models.promoted", ModelPromoted, causation_id=approval.event_id)
+    got = verdicts_for(bridge_stack, set(mails))
+    assert set(got) == set(mails)  # none lost
+    assert all(len(v) == 1 for v in got.values())  # none duplicated
+    # Per partition, in offset order, the version switches once and never back.
+    by_partition: dict[int, list[tuple[int, int]]] = {}
+    for [verdict] in got.values():
+        assert verdict.model_version in (before, target)
+        assert verdict.inbox_partition is not None and verdict.inbox_offset is not None
+        by_partition.setdefault(verdict.inbox_partition, []).append(
+            (verdict.inbox_offset, verdict.model_version)
+        )
+    for rows in by_partition.values():
+        versions = [v for _, v in sorted(rows)]
+        switches = sum(a != b for a, b in itertools.pairwise(versions))
+        assert switches <= 1
