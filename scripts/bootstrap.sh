@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the local spamops stack needs, on a fresh Debian machine or
 # an already prepared one (each step is skipped when its result is there):
-#   apt packages (Java 17+, Maven, Redis, kcat, Node/npm, curl, libpython3.11),
+#   apt packages (Java 17+, Maven, Redis, kcat, Node/npm, curl, libpython3.11, spamd),
 #   uv, the workspace's .venv, Kafka's jars and Triton's own virtual env.
 set -euo pipefail
 
@@ -32,6 +32,9 @@ has redis-server || missing+=(redis-server)
 has kcat || missing+=(kcat)
 has npm || missing+=(nodejs npm)
 has curl || missing+=(curl)
+# SpamAssassin's spamd/spamc: the comparison in benchmarks/stream_throughput.py.
+[[ -x /usr/sbin/spamd ]] || missing+=(spamd)
+has spamc || missing+=(spamc)
 # Triton's Python-backend stub links against the shared libpython3.11.
 libs=$( (ldconfig -p || /sbin/ldconfig -p) 2>/dev/null || true)
 [[ $libs == *libpython3.11.so.1.0* ]] || missing+=(libpython3.11)
