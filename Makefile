@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap up down status test test-fast lint schemas clean
+.PHONY: help bootstrap up down status test test-fast lint schemas asyncapi clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ test-fast: ## Unit and integration tests only, skipping slow end-to-end ones
 
 schemas: ## Regenerate the JSON Schema files
 	$(VENV)/python -m spamops_schemas.jsonschema
+
+asyncapi: ## Regenerate the services' AsyncAPI documents (docs/asyncapi/)
+	SPAMOPS_LOG_LEVEL=WARNING $(VENV)/python -m spamops_cli.asyncapi
 
 clean: down ## Stop the stack and delete its state (.spamops/)
 	rm -rf .spamops
