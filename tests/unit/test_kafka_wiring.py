@@ -110,3 +110,58 @@ async def test_failing_handler_is_dead_lettered_and_stream_goes_on(
             )
         await _settle()
     assert [d.headers[H_ERROR_REASON] for d in dead] == [reason, reason]
+
+
+async def test_a_handled_record_continues_its_trace_into_what_the_handler_publishes() -> None:
+    """traceparent in -> a consumer span child of it -> the same trace id out."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from spamops_runtime.kafka import H_TRACEPARENT
+    from spamops_schemas import ModelPromoted
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    broker = KafkaBroker(PlatformSettings().kafka_bootstrap)
+    out: list[Any] = []
+
+    async def handler(event: PromotionApproved, record: RecordContext) -> None:
+        promoted = event.caused(ModelPromoted, producer="t", model_name="m", version=1)
+        await publish_event(broker, promoted)
+
+    subscribe_events(
+        broker,
+        topic=TOPIC,
+        event_cls=PromotionApproved,
+        handler=handler,
+        settings=ServiceSettings(max_attempts=1),
+        service="tracing",
+    )
+
+    @broker.subscriber("models.promoted")
+    async def on_out(message: KafkaMessage) -> None:
+        out.append(message)
+
+    previous = trace.get_tracer_provider()
+    trace._TRACER_PROVIDER = provider  # type: ignore[attr-defined]  # test-local provider
+    try:
+        async with TestKafkaBroker(broker) as br:
+            event = PromotionApproved(model_name="m", version=1, approved_by="a")
+            await br.publish(
+                event.to_bytes(),
+                topic=TOPIC,
+                headers={H_TRACEPARENT: f"00-{trace_id}-{parent_id}-01"},
+            )
+            await _settle()
+    finally:
+        trace._TRACER_PROVIDER = previous  # type: ignore[attr-defined]
+    [span] = [s for s in exporter.get_finished_spans() if s.name == "tracing PromotionApproved"]
+    assert f"{span.context.trace_id:032x}" == trace_id
+    assert span.parent is not None and f"{span.parent.span_id:016x}" == parent_id
+    [published] = out
+    outgoing = published.headers[H_TRACEPARENT]
+    assert outgoing.split("-")[1] == trace_id  # same trace across the hop
+    assert outgoing.split("-")[2] == f"{span.context.span_id:016x}"  # child of the consumer span

@@ -36,6 +36,7 @@ from spamops_runtime.metrics import (
     HANDLER_SECONDS,
 )
 from spamops_runtime.settings import PlatformSettings, ServiceSettings
+from spamops_runtime.tracing import consumer_span, current_trace_id, inject
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ def outgoing_headers(
     current = _current_record.get()
     if current is not None and H_TRACEPARENT in current.headers:
         headers[H_TRACEPARENT] = current.headers[H_TRACEPARENT]
+    inject(headers)  # the current span, when there is one, continues the trace
     if event is not None:
         headers[H_CORRELATION_ID] = event.correlation_id
         headers[H_EVENT_TYPE] = event.event_type
@@ -253,12 +255,24 @@ async def handle_record(
     attempt = 0
     delay = backoff_seconds
     token = _current_record.set(record)
+    span_attributes = {
+        "messaging.system": "kafka",
+        "messaging.destination.name": record.topic,
+        "messaging.kafka.partition": record.partition,
+        "messaging.kafka.offset": record.offset,
+        "spamops.event_type": event.event_type,
+        "spamops.event_id": str(event.event_id),
+        "spamops.correlation_id": event.correlation_id,
+    }
     try:
-        with log_context(
-            event_type=event.event_type,
-            event_id=str(event.event_id),
-            correlation_id=event.correlation_id,
-            traceparent=record.headers.get(H_TRACEPARENT),
+        with (
+            consumer_span(f"{service} {event.event_type}", record.headers, span_attributes),
+            log_context(
+                event_type=event.event_type,
+                event_id=str(event.event_id),
+                correlation_id=event.correlation_id,
+                trace_id=current_trace_id(),
+            ),
         ):
             while True:
                 attempt += 1

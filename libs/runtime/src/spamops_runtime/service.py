@@ -13,6 +13,7 @@ from spamops_runtime.kafka import make_broker
 from spamops_runtime.logs import configure_logging
 from spamops_runtime.metrics import SERVICE_READY, start_metrics_server
 from spamops_runtime.settings import ServiceSettings
+from spamops_runtime.tracing import configure_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ logger = logging.getLogger(__name__)
 def service_broker(service: str, settings: ServiceSettings) -> KafkaBroker:
     """The service's Kafka broker, with JSON logging configured first."""
     configure_logging(service, level=settings.platform.log_level, fmt=settings.platform.log_format)
+    configure_tracing(service, settings.platform.state_dir)
     return make_broker(settings.platform, client_id=service)
 
 

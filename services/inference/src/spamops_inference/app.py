@@ -9,15 +9,10 @@ from typing import Any
 
 from faststream import AckPolicy, FastStream
 from faststream.kafka.annotations import KafkaMessage
-from spamops_runtime.kafka import (
-    RecordContext,
-    dead_letter,
-    outgoing_headers,
-    publish_event,
-    subscribe_events,
-)
+from spamops_runtime.kafka import RecordContext, dead_letter, publish_event, subscribe_events
 from spamops_runtime.service import service_app, service_broker
-from spamops_schemas import EmailLabeled, ModelPromoted, ModelRegistered
+from spamops_runtime.tracing import consumer_span
+from spamops_schemas import EmailClassified, EmailLabeled, ModelPromoted, ModelRegistered
 from spamops_schemas.topics import (
     EMAILS_FEEDBACK,
     EMAILS_INBOX,
@@ -102,6 +97,21 @@ def build_app(settings: InferenceSettings | None = None) -> FastStream:
         auto_offset_reset="earliest",
         title=f"{SERVICE}:{EMAILS_INBOX}",
     )
+    async def publish_verdict(record: InboxRecord, verdict: EmailClassified) -> None:
+        # One span per email, child of the inbox record's traceparent (when it has one):
+        # the verdict record carries it on, so inbox record and verdict share a trace.
+        attributes = {
+            "messaging.destination.name": record.topic,
+            "messaging.kafka.partition": record.partition,
+            "messaging.kafka.offset": record.offset,
+            "spamops.verdict": verdict.verdict,
+            "spamops.model_version": verdict.model_version,
+        }
+        with consumer_span(f"{SERVICE} classify", record.headers, attributes):
+            await publish_event(
+                broker, verdict, key=record.key or verdict.message_key, service=SERVICE
+            )
+
     async def on_inbox(message: KafkaMessage) -> None:
         """inference: raw RFC 822 emails from emails.inbox -> EmailClassified on emails.verdicts."""
         records = _records(message)
@@ -110,16 +120,7 @@ def build_app(settings: InferenceSettings | None = None) -> FastStream:
         # Every verdict acknowledged by Kafka (and every refusal dead-lettered) before the
         # batch's offsets are committed: a crash here replays the batch, loses nothing.
         await asyncio.gather(
-            *(
-                publish_event(
-                    broker,
-                    verdict,
-                    key=record.key or verdict.message_key,
-                    headers=_trace(record),
-                    service=SERVICE,
-                )
-                for record, verdict in result.verdicts
-            )
+            *(publish_verdict(record, verdict) for record, verdict in result.verdicts)
         )
         for refused in result.refused:
             r = refused.record
@@ -188,7 +189,3 @@ def build_app(settings: InferenceSettings | None = None) -> FastStream:
         logger.info("serving models", extra={"aliases": aliases})
 
     return app
-
-
-def _trace(record: InboxRecord) -> dict[str, str]:
-    return outgoing_headers(None, {k: v for k, v in record.headers.items() if k == "traceparent"})
