@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -386,3 +390,74 @@ def test_a_promotion_while_the_stream_flows_loses_and_mixes_nothing(
         versions = [v for _, v in sorted(rows)]
         switches = sum(a != b for a, b in itertools.pairwise(versions))
         assert switches <= 1
+
+
+# ------------------------------------------------------------------ kcat
+KCAT = shutil.which("kcat")
+
+
+@pytest.mark.skipif(KCAT is None, reason="kcat is installed by scripts/bootstrap.sh")
+def test_an_outside_client_kcat_drives_the_platform(
+    bridge_stack: PlatformSettings,
+    registered_v1: tuple[ModelTrained, ModelRegistered, float],
+    tmp_path: Path,
+) -> None:
+    """kcat, not the project's code, publishes an .eml and an approval and reads the results."""
+    assert KCAT is not None
+    broker = bridge_stack.kafka_bootstrap
+    eml = tmp_path / "mail.eml"
+    eml.write_bytes(corpus_like(7, spam=True))
+    key = f"kcat-{uuid.uuid4().hex[:8]}"
+    trace_id = uuid.uuid4().hex
+    traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+    subprocess.run(
+        [KCAT, "-b", broker, "-P", "-t", "emails.inbox", "-k", key, "-H",
+         f"traceparent={traceparent}", str(eml)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    verdict_line = ""
+    deadline = time.monotonic() + 120
+    while key not in verdict_line and time.monotonic() < deadline:
+        read = subprocess.run(
+            [KCAT, "-b", broker, "-C", "-t", "emails.verdicts", "-e", "-q",
+             "-f", "%k\t%h\t%s\n"],
+            capture_output=True, text=True, check=True, timeout=60,
+        )  # fmt: skip
+        verdict_line = next((ln for ln in read.stdout.splitlines() if ln.startswith(key)), "")
+        time.sleep(1)
+    _, headers, value = verdict_line.split("\t", 2)
+    verdict = json.loads(value)
+    assert verdict["message_key"] == key
+    assert verdict["verdict"] in ("spam", "ham")
+    assert f"traceparent=00-{trace_id}-" in headers  # the verdict continues the inbox trace
+
+    # A reviewer's approval as plain JSON: only the payload, the envelope gets defaults.
+    client = mlflow.MlflowClient(bridge_stack.mlflow_uri)
+    before = int(client.get_model_version_by_alias(MODEL, "production").version)
+    target = 2 if before == 1 else 1
+    approval = json.dumps({"model_name": MODEL, "version": target, "approved_by": "alice"})
+    subprocess.run(
+        [KCAT, "-b", broker, "-P", "-t", "models.promotion-approved", "-k", MODEL],
+        input=approval.encode(), check=True, timeout=60,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if int(client.get_model_version_by_alias(MODEL, "production").version) == target:
+            break
+        time.sleep(1)
+    assert int(client.get_model_version_by_alias(MODEL, "production").version) == target
+
+
+def test_status_shows_models_triton_lag_and_last_events(
+    bridge_stack: PlatformSettings,
+    registered_v1: tuple[ModelTrained, ModelRegistered, float],
+) -> None:
+    result = spamops(bridge_stack, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    view = json.loads(result.stdout)
+    assert {"staging", "production"} <= set(view["aliases"])
+    assert f"{MODEL}-production v{view['aliases']['production']}" in view["triton"]
+    assert "spamops-inference" in view["lag"]
+    assert "emails.inbox.dlq" in view["dead_letters"]
+    assert {"DatasetReady", "ModelTrained", "ModelRegistered"} <= set(view["last_events"])
+    assert not view["errors"]

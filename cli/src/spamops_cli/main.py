@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -72,11 +72,40 @@ def down() -> None:
 
 
 @app.command()
-def status() -> None:
-    """Show each component of the local stack and whether it is ready."""
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the overview as JSON.")] = False,
+) -> None:
+    """One screen: components, model versions and aliases, Triton, lag, dead letters, events."""
+    from spamops_cli.overview import overview
+
     settings = _settings()
-    if not _print_status(settings):
+    if as_json:
+        print(json.dumps(overview(settings).as_dict(), indent=2, default=str))
+        return
+    healthy = _print_status(settings)
+    _print_overview(overview(settings))
+    if not healthy:
         raise typer.Exit(1)
+
+
+def _print_overview(view: Any) -> None:
+    aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted(view.aliases.items())) or "none"
+    out.print(f"[bold]models[/]: versions {view.versions or 'none'}; aliases {aliases}")
+    out.print(f"[bold]triton ready[/]: {', '.join(view.triton) or 'nothing loaded'}")
+    table = Table(title="consumer lag / dead letters / last events")
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    for group, lag in view.lag.items():
+        table.add_row(f"lag {group}", str(lag))
+    for topic, count in view.dead_letters.items():
+        table.add_row(f"dead letters {topic}", str(count))
+    for event_type, summary in view.last_events.items():
+        table.add_row(f"last {event_type}", summary)
+    for version, metrics in (view.quality.get("versions") or {}).items():
+        table.add_row(f"live quality v{version}", json.dumps(metrics))
+    for part, error in view.errors.items():
+        table.add_row(f"[red]{part} unreadable[/]", error)
+    out.print(table)
 
 
 def _print_status(settings: PlatformSettings) -> bool:
