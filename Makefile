@@ -15,6 +15,7 @@ bootstrap: ## Install everything missing (apt packages, uv, .venv, Kafka jars, T
 up: bootstrap ## Install, start the stack and the services, and run the main job
 	$(VENV)/spamops up
 	$(VENV)/spamops ingest --promote-first
+	$(VENV)/spamops demo
 
 down: ## Stop what `make up` started (data is kept)
 	@if [ -x $(VENV)/spamops ]; then $(VENV)/spamops down; fi

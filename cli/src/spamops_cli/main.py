@@ -447,6 +447,40 @@ def _approval(model: str, version: int, by: str, reason: str) -> PromotionApprov
 
 
 @app.command()
+def demo(
+    size: Annotated[int, typer.Option(help="Test-split messages to stream.")] = 500,
+) -> None:
+    """Stream a sample of the corpus (never trained on) and summarise the verdicts."""
+    from spamops_cli.demo import run_demo
+
+    settings = _settings()
+    with console.status(f"streaming {size} corpus messages through emails.inbox ..."):
+        try:
+            summary = run_demo(settings, size)
+        except FileNotFoundError as exc:
+            raise _fail(str(exc)) from exc
+    out.print(
+        f"[bold]verdicts[/]: {summary.verdicts}/{summary.sent} in {summary.seconds:.1f} s "
+        f"({summary.spam} spam, {summary.ham} ham) by {summary.versions}; accuracy "
+        f"{summary.accuracy:.3f}, ham flagged as spam {summary.false_positives}; latency p50 "
+        f"{summary.latency_p50_ms:.0f} ms, p99 {summary.latency_p99_ms:.0f} ms"
+    )
+    out.print(
+        "where to look:\n"
+        f"  MLflow UI        {settings.mlflow_uri}  (experiment spam-detector, model registry)\n"
+        f"  Triton metrics   http://{settings.host}:{settings.triton_metrics_port}/metrics\n"
+        f"  service logs     {settings.state_dir / 'logs'}  (JSON lines)\n"
+        f"  traces           {settings.state_dir / 'traces'}\n"
+        f"  drift reports    {settings.state_dir / 'data' / 'monitor'}\n"
+        "  your own email   spamops publish mail.eml   then   spamops verdicts\n"
+        f"  with kcat        kcat -b {settings.kafka_bootstrap} -P -t emails.inbox -k k1 mail.eml\n"
+        "  the platform     spamops status"
+    )
+    if summary.verdicts < summary.sent:
+        raise _fail(f"{summary.sent - summary.verdicts} message(s) got no verdict in time")
+
+
+@app.command()
 def approve(
     model: Annotated[str, typer.Argument(help="Registered model name, e.g. spam-detector.")],
     version: Annotated[int, typer.Argument(help="Version to serve in production.")],
