@@ -87,16 +87,6 @@ def build_app(settings: InferenceSettings | None = None) -> FastStream:
         deps.reputation = store.online
         deps.push_label = store.push_label
 
-    @broker.subscriber(
-        EMAILS_INBOX,
-        group_id=settings.group_id,
-        batch=True,
-        max_records=settings.batch_max_records,
-        batch_timeout_ms=settings.batch_timeout_ms,
-        ack_policy=AckPolicy.MANUAL,
-        auto_offset_reset="earliest",
-        title=f"{SERVICE}:{EMAILS_INBOX}",
-    )
     async def publish_verdict(record: InboxRecord, verdict: EmailClassified) -> None:
         # One span per email, child of the inbox record's traceparent (when it has one):
         # the verdict record carries it on, so inbox record and verdict share a trace.
@@ -112,6 +102,16 @@ def build_app(settings: InferenceSettings | None = None) -> FastStream:
                 broker, verdict, key=record.key or verdict.message_key, service=SERVICE
             )
 
+    @broker.subscriber(
+        EMAILS_INBOX,
+        group_id=settings.group_id,
+        batch=True,
+        max_records=settings.batch_max_records,
+        batch_timeout_ms=settings.batch_timeout_ms,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset="earliest",
+        title=f"{SERVICE}:{EMAILS_INBOX}",
+    )
     async def on_inbox(message: KafkaMessage) -> None:
         """inference: raw RFC 822 emails from emails.inbox -> EmailClassified on emails.verdicts."""
         records = _records(message)
