@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Checks of the deploy files with real tools (issue 8), run by `make deploy-check`:
+#   - the generated files are current (python -m deploy.generate --check)
+#   - kustomize build of each overlay            (kustomize, built from the Go module proxy)
+#   - docker compose config                      (the compose CLI plugin, built from the Go module proxy)
+#   - tofu fmt -check of terraform/              (OpenTofu, built from the Go module proxy)
+#   - checkov over Dockerfiles, compose, the built manifests and Terraform (PyPI)
+# Tools are installed once, idempotently, into .spamops/tools/deploy/ (pinned versions).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+TOOLS="${SPAMOPS_DEPLOY_TOOLS:-$ROOT/.spamops/tools/deploy}"
+BIN="$TOOLS/bin"
+mkdir -p "$BIN"
+
+KUSTOMIZE_VERSION=v5.8.1
+COMPOSE_VERSION=v2.40.3
+TOFU_VERSION=v1.10.6
+CHECKOV_VERSION=3.3.30
+
+export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false CGO_ENABLED=0
+
+log() { printf '[deploy-check] %s\n' "$*" >&2; }
+
+# go_build <module@version> <package dir in the module> <binary>: builds from the module's
+# own go.mod (its replace/exclude directives rule out `go install mod@version`).
+go_build() {
+  local mod=$1 pkg=$2 out=$3 stamp="$BIN/.$3.version" dir
+  if [[ -x "$BIN/$out" && "$(cat "$stamp" 2>/dev/null)" == "$mod" ]]; then return; fi
+  log "building $out from $mod"
+  local start=$SECONDS
+  dir=$(go mod download -json "$mod" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  (cd "$dir" && go build -trimpath -ldflags="-s -w" -o "$BIN/$out.tmp" "$pkg")
+  mv "$BIN/$out.tmp" "$BIN/$out"
+  echo "$mod" > "$stamp"
+  log "built $out in $((SECONDS - start))s"
+}
+
+install_tools() {
+  command -v go >/dev/null || { log "go is required (Debian: apt-get install golang)"; exit 1; }
+  go_build "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION" . kustomize
+  go_build "github.com/docker/compose/v2@$COMPOSE_VERSION" ./cmd docker-compose
+  go_build "github.com/opentofu/opentofu@$TOFU_VERSION" ./cmd/tofu tofu
+  if [[ "$(cat "$TOOLS/checkov/.version" 2>/dev/null)" != "$CHECKOV_VERSION" ]]; then
+    log "installing checkov $CHECKOV_VERSION"
+    local uv=uv
+    command -v uv >/dev/null || uv="$HOME/.local/bin/uv"
+    "$uv" venv -q --allow-existing --python 3.11 "$TOOLS/checkov"
+    VIRTUAL_ENV="$TOOLS/checkov" "$uv" pip install -q "checkov==$CHECKOV_VERSION"
+    echo "$CHECKOV_VERSION" > "$TOOLS/checkov/.version"
+  fi
+}
+
+install_tools
+BUILD="$TOOLS/build"
+rm -rf "$BUILD" && mkdir -p "$BUILD/manifests"
+
+log "generated files are current"
+"$ROOT/.venv/bin/python" -m deploy.generate --check
+
+for overlay in staging production; do
+  log "kustomize build deploy/overlays/$overlay"
+  "$BIN/kustomize" build "deploy/overlays/$overlay" > "$BUILD/manifests/$overlay.yaml"
+done
+
+log "docker compose config"
+POSTGRES_PASSWORD=check SPAMOPS_APPROVAL_SECRET=check \
+  "$BIN/docker-compose" -f docker-compose.yml config --quiet
+
+log "tofu fmt -check terraform/"
+"$BIN/tofu" fmt -check -recursive -diff terraform
+
+log "checkov"
+"$TOOLS/checkov/bin/checkov" --config-file deploy/checkov.yaml \
+  -d "$BUILD/manifests" --framework kubernetes
+"$TOOLS/checkov/bin/checkov" --config-file deploy/checkov.yaml \
+  -d terraform --framework terraform
+"$TOOLS/checkov/bin/checkov" --config-file deploy/checkov.yaml \
+  --framework dockerfile -f services/trainer/Dockerfile -f services/registry-bridge/Dockerfile \
+  -f services/inference/Dockerfile -f services/monitor/Dockerfile \
+  -f deploy/docker/mlflow.Dockerfile -f deploy/docker/triton.Dockerfile
+log "all deploy checks passed"
