@@ -42,3 +42,8 @@ asyncapi: ## Regenerate the services' AsyncAPI documents (docs/asyncapi/)
 
 clean: down ## Stop the stack and delete its state (.spamops/)
 	rm -rf .spamops
+
+# --- deploy files (issue 8): real tools, installed once into .spamops/tools/deploy/ ---
+.PHONY: deploy-check
+deploy-check: ## kustomize build, docker compose config, tofu fmt, checkov over deploy files
+	@bash scripts/deploy_check.sh

@@ -154,7 +154,8 @@ def compose_topics_script() -> str:
         'BOOTSTRAP="${KAFKA_BOOTSTRAP:-kafka:19092}"',
         'RF="${TOPIC_REPLICATION_FACTOR:-1}"',
         "create() {",
-        '  /opt/kafka/bin/kafka-topics.sh --bootstrap-server "$BOOTSTRAP" --create --if-not-exists \\',
+        '  /opt/kafka/bin/kafka-topics.sh --bootstrap-server "$BOOTSTRAP" \\',
+        "    --create --if-not-exists \\",
         '    --topic "$1" --partitions "$2" --replication-factor "$RF"',
         "}",
     ]
@@ -299,7 +300,7 @@ def service_manifests(spec: ServiceSpec) -> str:
         },
         "volumeMounts": [
             {"name": "spamops-data", "mountPath": CONTAINER_HOME},
-            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 (an emptyDir)
         ],
     }
     deployment = {
@@ -365,7 +366,9 @@ def service_manifests(spec: ServiceSpec) -> str:
     }
     egress: list[dict[str, Any]] = [
         {  # DNS
-            "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+            "to": [
+                {"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+            ],
             "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
         }
     ]
@@ -438,7 +441,7 @@ def service_manifests(spec: ServiceSpec) -> str:
     return _yaml_docs(docs, "deploy/generate.py")
 
 
-class _NoAliasDumper(yaml.SafeDumper):
+class _NoAliasDumper(yaml.SafeDumper):  # type: ignore[misc]
     """Writes shared dicts out in full (no &anchors), as people write manifests."""
 
     def ignore_aliases(self, data: Any) -> bool:

@@ -5,7 +5,8 @@ set -eu
 BOOTSTRAP="${KAFKA_BOOTSTRAP:-kafka:19092}"
 RF="${TOPIC_REPLICATION_FACTOR:-1}"
 create() {
-  /opt/kafka/bin/kafka-topics.sh --bootstrap-server "$BOOTSTRAP" --create --if-not-exists \
+  /opt/kafka/bin/kafka-topics.sh --bootstrap-server "$BOOTSTRAP" \
+    --create --if-not-exists \
     --topic "$1" --partitions "$2" --replication-factor "$RF"
 }
 create datasets.ready 1

@@ -18,7 +18,12 @@ import os
 import sys
 import urllib.request
 
-DEFAULT_SERVICE_PORTS = {"trainer": 9101, "registry-bridge": 9102, "inference": 9103, "monitor": 9104}
+DEFAULT_SERVICE_PORTS = {
+    "trainer": 9101,
+    "registry-bridge": 9102,
+    "inference": 9103,
+    "monitor": 9104,
+}
 
 
 def ready_line(service: str) -> str:
@@ -42,7 +47,7 @@ def main(argv: list[str]) -> int:
         return 2
     url = f"http://127.0.0.1:{port}/metrics"
     try:
-        with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 (fixed http URL)
+        with urllib.request.urlopen(url, timeout=3) as response:
             text = response.read().decode("utf-8", "replace")
     except OSError as exc:
         print(f"{url}: {exc}", file=sys.stderr)
