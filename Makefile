@@ -28,7 +28,7 @@ lint: ## ruff, mypy and the generated-schema check
 	$(VENV)/ruff format --check .
 	$(VENV)/mypy
 
-test: bootstrap lint ## Install, then run every test (unit, integration, end-to-end) on the real stack
+test: bootstrap lint deploy-check ## Install, then run every test (unit, integration, end-to-end) on the real stack
 	$(VENV)/pytest $(PYTEST_ARGS)
 
 test-fast: ## Unit and integration tests only, skipping slow end-to-end ones

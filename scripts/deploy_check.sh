@@ -36,8 +36,34 @@ go_build() {
   log "built $out in $((SECONDS - start))s"
 }
 
+GO_TOOLCHAIN=go1.25.4
+
+# A Go new enough for these modules: the machine's (>= 1.24), else the official toolchain
+# from the Go module proxy (golang.org/toolchain), unpacked into the tools directory.
+ensure_go() {
+  if command -v go >/dev/null; then
+    local minor
+    minor=$(go env GOVERSION | sed -E 's/^go1\.([0-9]+).*/\1/')
+    if [[ $minor =~ ^[0-9]+$ ]] && ((minor >= 24)); then return; fi
+  fi
+  local root="$TOOLS/go-$GO_TOOLCHAIN"
+  if [[ ! -x "$root/bin/go" ]]; then
+    log "fetching the Go toolchain $GO_TOOLCHAIN from the Go module proxy"
+    local zip="$TOOLS/go.zip" proxy="${GOPROXY:-https://proxy.golang.org}"
+    proxy=${proxy%%,*}
+    curl -fsSL -o "$zip" "$proxy/golang.org/toolchain/@v/v0.0.1-$GO_TOOLCHAIN.linux-amd64.zip"
+    rm -rf "$TOOLS/go-unpack" && mkdir -p "$TOOLS/go-unpack"
+    python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' \
+      "$zip" "$TOOLS/go-unpack"
+    mv "$TOOLS/go-unpack/golang.org/toolchain@v0.0.1-$GO_TOOLCHAIN.linux-amd64" "$root"
+    chmod +x "$root"/bin/* "$root"/pkg/tool/*/* 2>/dev/null || true
+    rm -rf "$zip" "$TOOLS/go-unpack"
+  fi
+  export PATH="$root/bin:$PATH" GOROOT="$root"
+}
+
 install_tools() {
-  command -v go >/dev/null || { log "go is required (Debian: apt-get install golang)"; exit 1; }
+  ensure_go
   go_build "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION" . kustomize
   go_build "github.com/docker/compose/v2@$COMPOSE_VERSION" ./cmd docker-compose
   go_build "github.com/opentofu/opentofu@$TOFU_VERSION" ./cmd/tofu tofu

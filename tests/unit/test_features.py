@@ -208,9 +208,10 @@ def test_version_is_stable_without_changes(fitted: FeaturePipeline) -> None:
 def test_fast_tfidf_equals_sklearn(fitted: FeaturePipeline, emails: list[ParsedEmail]) -> None:
     docs = [pipeline._document(e, prepare(e).html_text) for e in emails]
     # sklearn's own word analyzer, configured like TfidfParams: an independent reference.
+    params = fitted.params
     reference = TfidfVectorizer(
-        ngram_range=(1, 2),
-        stop_words="english",
+        ngram_range=(1, params.ngram_max),
+        stop_words=params.stop_words,
         sublinear_tf=True,
         max_features=N_TFIDF,
         dtype=np.float64,
