@@ -2,16 +2,174 @@
 
 from __future__ import annotations
 
-from faststream import FastStream
-from spamops_runtime.service import service_app, service_broker
+import asyncio
+import logging
+import time
+import uuid
 
+from faststream import FastStream
+from spamops_runtime.kafka import RecordContext, publish_event, subscribe_events
+from spamops_runtime.service import service_app, service_broker
+from spamops_schemas import (
+    DriftDetected,
+    EmailClassified,
+    EmailLabeled,
+    ModelPromoted,
+    ModelRegistered,
+)
+from spamops_schemas.topics import (
+    EMAILS_FEEDBACK,
+    EMAILS_VERDICTS,
+    MODELS_PROMOTED,
+    MODELS_REGISTERED,
+)
+
+from spamops_monitor.adapters import MlflowProfiles, ProfileStore, ReportWriter, WebhookNotifier
+from spamops_monitor.drift import AlertGate, EvidentlyDrift, Windows
+from spamops_monitor.handlers import (
+    QUALITY_FILE,
+    SERVICE,
+    MonitorDeps,
+    Notifier,
+    WindowChecker,
+    check_window,
+    on_labeled,
+    on_serving,
+    on_verdict,
+    tick,
+    write_status,
+)
+from spamops_monitor.quality import LiveQuality
 from spamops_monitor.settings import MonitorSettings
 
-SERVICE = "monitor"
+logger = logging.getLogger(__name__)
+
+TICK_S = 5.0
 
 
 def build_app(settings: MonitorSettings | None = None) -> FastStream:
     """Bootstrap: build the broker and register the handlers with their dependencies."""
     settings = settings or MonitorSettings()
     broker = service_broker(SERVICE, settings)
-    return service_app(SERVICE, settings, broker)
+    platform = settings.platform
+    root = settings.monitor_dir
+    mlflow = MlflowProfiles(
+        platform.mlflow_uri, platform.model_name, max_rows=settings.reference_max_rows
+    )
+    notifiers: list[Notifier] = []
+    webhook: WebhookNotifier | None = None
+    if settings.webhook_url:
+        webhook = WebhookNotifier(
+            settings.webhook_url,
+            timeout_s=settings.webhook_timeout_s,
+            max_attempts=settings.webhook_max_attempts,
+            backoff_s=settings.webhook_backoff_s,
+            queue_size=settings.webhook_queue,
+        )
+        notifiers.append(webhook)
+
+    async def publish(event: DriftDetected) -> None:
+        await publish_event(broker, event, service=SERVICE)
+
+    deps_box: list[MonitorDeps] = []
+
+    async def check(window: object) -> object:
+        return await check_window(window, deps_box[0])  # type: ignore[arg-type]
+
+    checker = WindowChecker(check, settings.pending_windows)
+    deps = MonitorDeps(
+        settings=settings,
+        model_name=platform.model_name,
+        windows=Windows(
+            settings.window_size, settings.window_max_age_s, settings.min_window_size,
+            time.monotonic,
+        ),
+        profiles=ProfileStore(
+            mlflow.build, root / "profiles", model_name=platform.model_name,
+            retry_s=settings.profile_retry_s,
+        ),
+        detector=EvidentlyDrift(
+            method=settings.drift_method, threshold=settings.drift_threshold,
+            share=settings.drift_share,
+        ),
+        quality=LiveQuality(settings.join_capacity, settings.quality_window),
+        gate=AlertGate(settings.cooldown_s, root / "alerts.json", time.time),
+        reports=ReportWriter(root / "reports", settings.reports_keep),
+        publish=publish,
+        checks=checker,
+        notifiers=notifiers,
+        status_path=root / QUALITY_FILE,
+    )  # fmt: skip
+    deps_box.append(deps)
+
+    async def verdict(event: EmailClassified, record: RecordContext) -> None:
+        await on_verdict(event, record.partition, record.offset, record.timestamp_ms, deps)
+
+    async def labeled(event: EmailLabeled, record: RecordContext) -> None:
+        await on_labeled(event, deps)
+
+    subscribe_events(
+        broker, topic=EMAILS_VERDICTS, event_cls=EmailClassified, handler=verdict,
+        settings=settings, service=SERVICE,
+    )  # fmt: skip
+    subscribe_events(
+        broker, topic=EMAILS_FEEDBACK, event_cls=EmailLabeled, handler=labeled,
+        settings=settings, service=SERVICE, group_id=f"{settings.group_id}-feedback",
+    )  # fmt: skip
+
+    # Every instance follows every switch: a group of its own, from the latest offset
+    # (the current aliases are read from MLflow at start).
+    control_group = f"{settings.group_id}-control-{uuid.uuid4().hex[:8]}"
+
+    async def registered(event: ModelRegistered, record: RecordContext) -> None:
+        if event.model_name == platform.model_name:
+            on_serving(event.alias or "staging", event.version, deps)
+
+    async def promoted(event: ModelPromoted, record: RecordContext) -> None:
+        if event.model_name == platform.model_name:
+            on_serving(event.alias or "production", event.version, deps)
+
+    for topic, cls, handler in (
+        (MODELS_REGISTERED, ModelRegistered, registered),
+        (MODELS_PROMOTED, ModelPromoted, promoted),
+    ):
+        subscribe_events(
+            broker, topic=topic, event_cls=cls, handler=handler,  # type: ignore[arg-type]
+            settings=settings, service=SERVICE, group_id=control_group,
+            auto_offset_reset="latest",
+        )  # fmt: skip
+
+    app = service_app(SERVICE, settings, broker)
+    background: list[asyncio.Task[None]] = []
+
+    async def ticker() -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                tick(deps)
+                write_status(deps)
+            except Exception:
+                logger.exception("monitor tick failed")
+
+    @app.on_startup
+    async def _serving_versions() -> None:
+        """The serving versions as MLflow knows them now; their profiles built in the background."""
+        try:
+            aliases = await asyncio.to_thread(mlflow.aliases)
+        except Exception:  # MLflow down: verdicts still build windows, profiles come later
+            logger.warning("cannot read aliases from MLflow", exc_info=True)
+            aliases = {}
+        for alias, version in aliases.items():
+            on_serving(alias, version, deps)
+        background.append(asyncio.get_running_loop().create_task(ticker()))
+
+    @app.on_shutdown
+    async def _stop_background() -> None:
+        for task in background:
+            task.cancel()
+        await checker.stop()
+        write_status(deps, force=True)
+        if webhook is not None:
+            await webhook.close()
+
+    return app

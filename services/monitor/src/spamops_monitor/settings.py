@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 from spamops_runtime.settings import ServiceSettings
 
@@ -13,3 +16,87 @@ class MonitorSettings(ServiceSettings):
 
     service_name = "monitor"
     group_id: str = "spamops-monitor"
+
+    # ---------------------------------------------------------------- drift windows
+    window_size: int = Field(
+        default=500, ge=10, description="Verdicts per drift window (a full window is checked)."
+    )
+    window_max_age_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="A window older than this is checked once it has min_window_size verdicts "
+        "(0 = by count only).",
+    )
+    min_window_size: int = Field(
+        default=200, ge=10, description="Fewest verdicts a time-closed window needs."
+    )
+    drift_method: str = Field(default="psi", description="Evidently drift method per column.")
+    drift_threshold: float = Field(
+        default=0.1, gt=0, description="A column drifted when its score exceeds this (PSI 0.1)."
+    )
+    drift_share: float = Field(
+        default=0.3,
+        gt=0,
+        le=1,
+        description="Share of drifted columns at or above which a window has drifted.",
+    )
+    severity_medium_share: float = Field(default=0.45, description="Drift share: medium from.")
+    severity_high_share: float = Field(default=0.6, description="Drift share: high from.")
+    cooldown_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="After a DriftDetected, no other one of the same kind for the same version "
+        "for this long (one shift, one event).",
+    )
+    reference_max_rows: int = Field(
+        default=3000, ge=100, description="Reference rows kept per version (sampled, seed 0)."
+    )
+    profile_retry_s: float = Field(
+        default=30.0, ge=0, description="Wait between attempts to build a missing profile."
+    )
+    reports_keep: int = Field(
+        default=20,
+        ge=1,
+        description="Reports kept per version (HTML is ~4 MB); reports of a DriftDetected are "
+        "always kept.",
+    )
+    pending_windows: int = Field(
+        default=4, ge=1, description="Closed windows waiting for a check; more are skipped."
+    )
+
+    # ---------------------------------------------------------------- live quality
+    join_capacity: int = Field(
+        default=200_000, ge=1, description="Verdicts (and early labels) remembered for the join."
+    )
+    quality_window: int = Field(
+        default=1000, ge=1, description="Live quality: the last N labelled verdicts per version."
+    )
+    quality_min_labels: int = Field(
+        default=100, ge=1, description="Labels needed before a quality drop can raise an alert."
+    )
+    quality_min_f1: float = Field(
+        default=0.9, ge=0, le=1, description="Live F1 below this raises DriftDetected(performance)."
+    )
+    quality_max_fpr: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Live false-positive rate above this raises DriftDetected(performance).",
+    )
+    status_interval_s: float = Field(
+        default=1.0, ge=0, description="Least time between two writes of live_quality.json."
+    )
+
+    # ---------------------------------------------------------------- alerts
+    webhook_url: str | None = Field(
+        default=None, description="POST a JSON summary (Slack-compatible 'text') per DriftDetected."
+    )
+    webhook_timeout_s: float = Field(default=5.0, gt=0, description="Per-attempt timeout.")
+    webhook_max_attempts: int = Field(default=6, ge=1, description="Attempts per alert.")
+    webhook_backoff_s: float = Field(default=1.0, ge=0, description="First retry delay (doubles).")
+    webhook_queue: int = Field(default=1000, ge=1, description="Alerts waiting; more are dropped.")
+
+    @property
+    def monitor_dir(self) -> Path:
+        """Everything the monitor writes: ``<state>/data/monitor``."""
+        return self.platform.state_dir / "data" / "monitor"

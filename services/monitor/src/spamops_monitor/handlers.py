@@ -1,0 +1,396 @@
+"""What the monitor does with each event: plain functions on typed events, deps passed in.
+
+* EmailClassified -> the version's drift window (+ the live-quality join); a due
+  window goes to the background checker, which runs Evidently and may publish
+  DriftDetected(kind=data).
+* EmailLabeled -> live quality of the verdict's version; a drop below the
+  thresholds publishes DriftDetected(kind=performance).
+* ModelRegistered / ModelPromoted -> which versions serve; their profiles are
+  built ahead of their first verdicts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from spamops_schemas import DriftDetected, EmailClassified, EmailLabeled
+from spamops_schemas.events import DriftedFeature, DriftWindow
+
+from spamops_monitor.adapters import ProfileStore, ReportWriter, write_json_atomically
+from spamops_monitor.drift import (
+    AlertGate,
+    EvidentlyDrift,
+    Kind,
+    Observation,
+    Severity,
+    Window,
+    Windows,
+    severity,
+)
+from spamops_monitor.metrics import (
+    CHECK_SECONDS,
+    DRIFT_EVENTS,
+    DRIFT_SHARE,
+    IGNORED,
+    LABELS,
+    LABELS_UNMATCHED,
+    QUALITY,
+    SUPPRESSED,
+    VERDICTS,
+    WINDOWS,
+)
+from spamops_monitor.quality import Joined, LiveQuality, QualityMetrics
+from spamops_monitor.settings import MonitorSettings
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "monitor"
+QUALITY_FILE = "live_quality.json"  # read by `spamops status`
+
+
+class Notifier(Protocol):
+    """Where alerts go besides Kafka (the webhook)."""
+
+    def notify(self, event: DriftDetected) -> None:
+        """Queue an alert; must not wait."""
+
+
+class WindowSink(Protocol):
+    """Takes closed windows for checking (in the background)."""
+
+    def submit(self, window: Window) -> None:
+        """Queue a window; must not wait."""
+
+
+@dataclass
+class MonitorDeps:
+    """Everything the handlers need."""
+
+    settings: MonitorSettings
+    model_name: str
+    windows: Windows
+    profiles: ProfileStore
+    detector: EvidentlyDrift
+    quality: LiveQuality
+    gate: AlertGate
+    reports: ReportWriter
+    publish: Callable[[DriftDetected], Awaitable[None]]
+    checks: WindowSink
+    notifiers: list[Notifier] = field(default_factory=list)
+    status_path: Path | None = None
+    serving: dict[str, int] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic
+    _status_written: float = field(default=-math.inf, init=False)
+    _waiting: set[int] = field(default_factory=set, init=False)
+
+
+# ------------------------------------------------------------------ verdicts
+async def on_verdict(
+    event: EmailClassified, partition: int, offset: int, timestamp_ms: int, deps: MonitorDeps
+) -> None:
+    """One verdict: the live-quality join, then the version's drift window."""
+    if event.model_name != deps.model_name:
+        IGNORED.labels("other-model").inc()
+        return
+    version = event.model_version
+    VERDICTS.labels(str(version)).inc()
+    joined = deps.quality.verdict(event.message_key, event.model_name, version, event.verdict)
+    if joined is not None:
+        await after_label(joined, deps)
+    if not event.features:
+        IGNORED.labels("no-features").inc()
+        return
+    row = Observation(
+        features=event.features,
+        probability=event.spam_probability,
+        partition=partition,
+        offset=offset,
+        timestamp_ms=timestamp_ms,
+    )
+    window = deps.windows.add(event.model_name, version, row)
+    if deps.profiles.get(version) is None:
+        # Unknown version or no profile yet: the window keeps the newest verdicts
+        # (bounded) and is checked once the profile exists (ProfileStore logs why).
+        if version not in deps._waiting and window.due(
+            deps.windows.clock(), deps.windows.max_age_s, deps.windows.min_size
+        ):
+            deps._waiting.add(version)
+            logger.warning(
+                "drift window full but no reference profile yet: kept until it is available",
+                extra={"version": version, "size": len(window)},
+            )
+        return
+    deps._waiting.discard(version)
+    closed = deps.windows.take_if_due(event.model_name, version)
+    if closed is not None:
+        deps.checks.submit(closed)
+
+
+async def check_window(window: Window, deps: MonitorDeps) -> DriftDetected | None:
+    """Evidently on a closed window against its version's profile; DriftDetected on drift."""
+    profile = deps.profiles.get(window.version)
+    if profile is None:  # cannot happen for windows the stream closed; be safe
+        WINDOWS.labels(str(window.version), "skipped").inc()
+        return None
+    started = time.perf_counter()
+    settings = deps.settings
+
+    def run() -> tuple[Any, Path]:
+        result = deps.detector.check(profile.frame, window.frame())
+        path = deps.reports.save(window, result, drift=result.drift)
+        return result, path
+
+    try:
+        result, report = await asyncio.to_thread(run)
+    except Exception:
+        WINDOWS.labels(str(window.version), "failed").inc()
+        logger.exception("drift check failed", extra={"version": window.version})
+        return None
+    CHECK_SECONDS.observe(time.perf_counter() - started)
+    DRIFT_SHARE.labels(str(window.version)).set(result.share)
+    WINDOWS.labels(str(window.version), "drift" if result.drift else "no_drift").inc()
+    logger.info(
+        "drift window checked",
+        extra={
+            "version": window.version,
+            "size": len(window),
+            "drift_share": round(result.share, 4),
+            "drift": result.drift,
+            "drifted": [f.feature for f in result.drifted],
+            "report": str(report),
+        },
+    )
+    if not result.drift:
+        return None
+    level = severity(result.share, settings.severity_medium_share, settings.severity_high_share)
+    return await raise_drift(
+        deps,
+        window.version,
+        kind="data",
+        window=window.describe(),
+        share=result.share,
+        drifted=result.drifted,
+        report_uri=report.as_uri(),
+        level=level,
+    )
+
+
+async def raise_drift(
+    deps: MonitorDeps,
+    version: int,
+    *,
+    kind: Kind,
+    window: DriftWindow,
+    share: float,
+    drifted: list[DriftedFeature],
+    report_uri: str,
+    level: Severity,
+) -> DriftDetected | None:
+    """Publish DriftDetected (and alert) unless one was raised within the cooldown."""
+    if not deps.gate.allows(deps.model_name, version, kind):
+        SUPPRESSED.labels(kind).inc()
+        logger.info("drift within the cooldown: no new event", extra={"version": version})
+        return None
+    event = DriftDetected(
+        producer=SERVICE,
+        model_name=deps.model_name,
+        model_version=version,
+        kind=kind,
+        window=window,
+        drift_share=min(1.0, max(0.0, share)),
+        drifted_features=drifted,
+        report_uri=report_uri,
+        severity=level,
+    )
+    await deps.publish(event)
+    deps.gate.record(deps.model_name, version, kind)
+    DRIFT_EVENTS.labels(kind).inc()
+    logger.warning(
+        "DriftDetected",
+        extra={
+            "version": version,
+            "kind": kind,
+            "severity": level,
+            "drift_share": round(share, 4),
+            "report": report_uri,
+        },
+    )
+    for notifier in deps.notifiers:
+        notifier.notify(event)
+    return event
+
+
+# ------------------------------------------------------------------ labels
+async def on_labeled(event: EmailLabeled, deps: MonitorDeps) -> None:
+    """One label: joined with its verdict (now, or when the verdict comes)."""
+    joined = deps.quality.label(event.message_key, event.label)
+    if joined is None:
+        LABELS_UNMATCHED.inc()
+        return
+    await after_label(joined, deps)
+
+
+def _gauge(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+async def after_label(joined: Joined, deps: MonitorDeps) -> DriftDetected | None:
+    """Update the gauges and the status file; raise a quality drop."""
+    metrics = deps.quality.metrics(joined.model_name, joined.version)
+    version = str(joined.version)
+    LABELS.labels(version).set(metrics.labels)
+    for name in ("precision", "recall", "f1", "false_positive_rate"):
+        QUALITY.labels(version, name).set(_gauge(getattr(metrics, name)))
+    write_status(deps)
+    return await check_quality(joined.version, metrics, deps)
+
+
+async def check_quality(
+    version: int, metrics: QualityMetrics, deps: MonitorDeps
+) -> DriftDetected | None:
+    """DriftDetected(kind=performance) when F1 or the false-positive rate crossed its limit."""
+    settings = deps.settings
+    if metrics.labels < settings.quality_min_labels:
+        return None
+    checks = [
+        ("f1", metrics.f1, settings.quality_min_f1, metrics.f1 is not None
+         and metrics.f1 < settings.quality_min_f1),
+        ("false_positive_rate", metrics.false_positive_rate, settings.quality_max_fpr,
+         metrics.false_positive_rate is not None
+         and metrics.false_positive_rate > settings.quality_max_fpr),
+    ]  # fmt: skip
+    failed = [
+        DriftedFeature(feature=name, statistic=name, score=round(value or 0.0, 6), threshold=limit)
+        for name, value, limit, bad in checks
+        if bad
+    ]
+    if not failed or not deps.gate.allows(deps.model_name, version, "performance"):
+        if failed:
+            SUPPRESSED.labels("performance").inc()
+        return None
+    f1 = metrics.f1 if metrics.f1 is not None else 0.0
+    level: Severity = "high" if f1 < settings.quality_min_f1 - 0.1 else "medium"
+    report = await asyncio.to_thread(
+        deps.reports.save_json,
+        deps.model_name,
+        version,
+        "quality",
+        {
+            "model_name": deps.model_name,
+            "model_version": version,
+            "metrics": metrics.as_dict(),
+            "limits": {"min_f1": settings.quality_min_f1, "max_fpr": settings.quality_max_fpr},
+            "window_labels": settings.quality_window,
+        },
+    )
+    return await raise_drift(
+        deps,
+        version,
+        kind="performance",
+        window=DriftWindow(size=metrics.labels),
+        share=len(failed) / len(checks),
+        drifted=failed,
+        report_uri=report.as_uri(),
+        level=level,
+    )
+
+
+def write_status(deps: MonitorDeps, *, force: bool = False) -> None:
+    """``live_quality.json`` for ``spamops status`` (at most every status_interval_s)."""
+    if deps.status_path is None:
+        return
+    now = deps.clock()
+    if not force and now - deps._status_written < deps.settings.status_interval_s:
+        return
+    deps._status_written = now
+    versions = {
+        str(version): {
+            **deps.quality.metrics(name, version).as_dict(),
+            "labels_total": deps.quality.total_labels.get((name, version), 0),
+        }
+        for name, version in deps.quality.versions()
+        if name == deps.model_name
+    }
+    payload = {
+        "model_name": deps.model_name,
+        "updated_at": datetime.now(UTC).isoformat(),
+        "window": deps.settings.quality_window,
+        "serving": deps.serving,
+        "versions": versions,
+    }
+    try:
+        write_json_atomically(deps.status_path, payload)
+    except OSError:
+        logger.exception("cannot write the live-quality file")
+
+
+# ------------------------------------------------------------------ models
+def on_serving(alias: str, version: int, deps: MonitorDeps) -> None:
+    """A version now serves under ``alias``: build its profile ahead of its verdicts."""
+    deps.serving[alias] = version
+    deps.profiles.get(version)
+    write_status(deps, force=True)
+    logger.info("serving version", extra={"alias": alias, "version": version})
+
+
+# ------------------------------------------------------------------ background
+class WindowChecker:
+    """Checks closed windows one at a time in the background; a full queue skips the oldest."""
+
+    def __init__(self, check: Callable[[Window], Awaitable[object]], pending: int) -> None:
+        self.check = check
+        self.queue: asyncio.Queue[Window] = asyncio.Queue(pending)
+        self.task: asyncio.Task[None] | None = None
+
+    def submit(self, window: Window) -> None:
+        """Queue a window (never waits)."""
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        if self.queue.full():
+            skipped = self.queue.get_nowait()
+            self.queue.task_done()
+            WINDOWS.labels(str(skipped.version), "skipped").inc()
+            logger.warning("drift checks behind: oldest window skipped")
+        self.queue.put_nowait(window)
+
+    async def _run(self) -> None:
+        while True:
+            window = await self.queue.get()
+            try:
+                await self.check(window)
+            except Exception:
+                logger.exception("drift check crashed")
+            finally:
+                self.queue.task_done()
+
+    async def drain(self) -> None:
+        """Wait until every queued window is checked (tests, shutdown)."""
+        await self.queue.join()
+
+    async def stop(self) -> None:
+        """Stop the worker."""
+        if self.task is not None:
+            self.task.cancel()
+
+
+def tick(deps: MonitorDeps) -> int:
+    """Submit every due window whose profile is ready (time windows on an idle stream, a
+    profile that appeared after its window filled). Returns how many were submitted."""
+    submitted = 0
+    for model_name, version in list(deps.windows.open):
+        if deps.profiles.get(version) is None:
+            continue
+        closed = deps.windows.take_if_due(model_name, version)
+        if closed is not None:
+            deps._waiting.discard(version)
+            deps.checks.submit(closed)
+            submitted += 1
+    return submitted
