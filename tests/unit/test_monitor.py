@@ -1,0 +1,420 @@
+"""monitor: windows, PSI drift with real Evidently, cooldown, live quality, webhook, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from spamops_features.handcrafted import HANDCRAFTED_NAMES
+from spamops_monitor.adapters import (
+    ProfileStore,
+    ProfileUnavailableError,
+    ReportWriter,
+    WebhookNotifier,
+    alert_payload,
+    reference_frame,
+)
+from spamops_monitor.drift import (
+    PROBABILITY,
+    AlertGate,
+    EvidentlyDrift,
+    Observation,
+    Profile,
+    Window,
+    Windows,
+    column_scores,
+    severity,
+)
+from spamops_monitor.handlers import (
+    MonitorDeps,
+    check_window,
+    on_labeled,
+    on_verdict,
+    tick,
+)
+from spamops_monitor.quality import LiveQuality, QualityMetrics
+from spamops_monitor.settings import MonitorSettings
+from spamops_runtime.settings import PlatformSettings
+from spamops_schemas import DriftDetected, EmailClassified, EmailLabeled
+from spamops_schemas.events import DriftWindow
+
+MODEL = "spam-detector"
+SHIFTED = (
+    "body_length", "url_count", "uppercase_ratio", "received_hops", "date_hour",
+    "log_size", "subject_length", "exclamation_count", "part_count", "html_ratio",
+)  # fmt: skip
+
+
+def sample(n: int, seed: int, shifted: bool = False) -> pd.DataFrame:
+    """Synthetic handcrafted features + probability: a mix of continuous and discrete columns."""
+    rng = np.random.default_rng(seed)
+    data: dict[str, np.ndarray] = {}
+    for i, name in enumerate(HANDCRAFTED_NAMES):
+        shift = name in SHIFTED and shifted
+        if i % 3 == 0:  # heavy-tailed continuous
+            data[name] = rng.lognormal(3.0 + (1.0 if shift else 0.0), 1.0, n)
+        elif i % 3 == 1:  # small counts
+            data[name] = rng.poisson(4.0 if shift else 1.5, n).astype(float)
+        else:  # ratio
+            data[name] = rng.beta(2.0, 8.0 if not shift else 3.0, n)
+    data[PROBABILITY] = rng.beta(0.5, 0.5, n)
+    return pd.DataFrame(data)
+
+
+def verdict(
+    row: dict[str, float], key: str, version: int = 1, model: str = MODEL
+) -> EmailClassified:
+    p = float(row.pop(PROBABILITY, 0.5))
+    return EmailClassified(
+        producer="test", message_key=key, verdict="spam" if p >= 0.5 else "ham",
+        spam_probability=p, threshold=0.5, model_name=model, model_version=version,
+        environment="production", features=row, latency_ms=1.0,
+    )  # fmt: skip
+
+
+def floats(row: dict[Any, Any]) -> dict[str, float]:
+    return {str(k): float(v) for k, v in row.items()}
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def report_path(uri: str) -> Path:
+    return Path(uri.removeprefix("file://"))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.windows: list[Window] = []
+
+    def submit(self, window: Window) -> None:
+        self.windows.append(window)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[DriftDetected] = []
+
+    def notify(self, event: DriftDetected) -> None:
+        self.events.append(event)
+
+
+def make_deps(
+    tmp_path: Path, build: Any, clock: Clock, *, window: int = 300, **overrides: Any
+) -> tuple[MonitorDeps, list[DriftDetected], ListSink, Recorder]:
+    settings = MonitorSettings(
+        platform=PlatformSettings(home=tmp_path), window_size=window, min_window_size=50,
+        window_max_age_s=60, profile_retry_s=10, quality_min_labels=20, **overrides,
+    )  # fmt: skip
+    published: list[DriftDetected] = []
+    sink, recorder = ListSink(), Recorder()
+
+    async def publish(event: DriftDetected) -> None:
+        published.append(event)
+
+    deps = MonitorDeps(
+        settings=settings,
+        model_name=MODEL,
+        windows=Windows(settings.window_size, settings.window_max_age_s, settings.min_window_size,
+                        clock),
+        profiles=ProfileStore(build, tmp_path / "profiles", model_name=MODEL,
+                              retry_s=settings.profile_retry_s, clock=clock),
+        detector=EvidentlyDrift(threshold=0.1, share=settings.drift_share),
+        quality=LiveQuality(settings.join_capacity, settings.quality_window),
+        gate=AlertGate(settings.cooldown_s, tmp_path / "alerts.json", clock),
+        reports=ReportWriter(tmp_path / "reports", keep=3),
+        publish=publish,
+        checks=sink,
+        notifiers=[recorder],
+        status_path=tmp_path / "live_quality.json",
+        clock=clock,
+    )  # fmt: skip
+    return deps, published, sink, recorder
+
+
+def reference_profile(version: int = 1) -> Profile:
+    return Profile(MODEL, version, sample(3000, seed=1), "test")
+
+
+async def feed(
+    deps: MonitorDeps, frame: pd.DataFrame, prefix: str, version: int = 1, start: int = 0
+) -> None:
+    for i, row in enumerate(frame.to_dict("records"), start):
+        await on_verdict(
+            verdict(floats(row), f"{prefix}-{i}", version), 0, i, 1_700_000_000_000, deps
+        )
+
+
+# ------------------------------------------------------------------ windows
+def test_window_closes_by_count_or_by_age_and_stays_bounded() -> None:
+    clock = Clock()
+    windows = Windows(size=5, max_age_s=60, min_size=3, clock=clock)
+    row = Observation({"url_count": 1.0}, 0.2, partition=0, offset=7, timestamp_ms=1_000)
+    for _ in range(4):
+        windows.add(MODEL, 1, row)
+    assert windows.take_if_due(MODEL, 1) is None  # 4 < 5 and young
+    windows.add(MODEL, 1, row)
+    full = windows.take_if_due(MODEL, 1)
+    assert full is not None and len(full) == 5
+    assert windows.take_if_due(MODEL, 1) is None  # a new window opens with the next verdict
+    windows.add(MODEL, 2, row)
+    windows.add(MODEL, 2, row)
+    clock.now += 61
+    assert windows.take_if_due(MODEL, 2) is None  # old but below min_size
+    windows.add(MODEL, 2, row)
+    aged = windows.take_if_due(MODEL, 2)
+    assert aged is not None and len(aged) == 3
+    bounded = Window(MODEL, 1, capacity=3, opened_at=0)
+    for offset in range(10):
+        bounded.add(Observation({}, 0.1, 0, offset, 1_000 + offset))
+    described = bounded.describe()
+    assert (described.size, described.first_offset, described.last_offset) == (3, 7, 9)
+    frame = bounded.frame()
+    assert list(frame.columns) == [*HANDCRAFTED_NAMES, PROBABILITY]
+    assert frame["url_count"].isna().all()
+
+
+# ------------------------------------------------------------------ PSI drift (real Evidently)
+def test_psi_no_false_alarm_on_same_distribution_and_drift_on_a_shift() -> None:
+    detector = EvidentlyDrift(method="psi", threshold=0.1, share=0.3)
+    reference = sample(3000, seed=1)
+    for seed in (2, 3):
+        same = detector.check(reference, sample(300, seed=seed))
+        assert not same.drift, same.drifted
+        assert same.share < 0.15
+        assert len(same.scores) == 25
+    shifted = detector.check(reference, sample(300, seed=5, shifted=True))
+    assert shifted.drift
+    assert {f.feature for f in shifted.drifted} == set(SHIFTED)
+    assert all(f.statistic == "psi" and f.score > 0.1 == f.threshold for f in shifted.drifted)
+    assert shifted.share == pytest.approx(10 / 25)
+
+
+def test_column_scores_reads_value_drift_metrics_only() -> None:
+    report = {
+        "metrics": [
+            {"config": {"type": "evidently:metric_v2:DriftedColumnsCount"}, "value": {"count": 1}},
+            {"config": {"type": "evidently:metric_v2:ValueDrift", "column": "a"}, "value": 0.3},
+            {"config": {"type": "evidently:metric_v2:ValueDrift", "column": "b"}, "value": "nan"},
+        ]
+    }
+    assert column_scores(report) == {"a": 0.3, "b": 0.0}
+    assert [severity(s, 0.45, 0.6) for s in (0.3, 0.5, 0.7)] == ["low", "medium", "high"]
+
+
+def test_reference_frame_repeats_probabilities_and_caps_rows() -> None:
+    features = np.arange(10 * 24, dtype=float).reshape(10, 24)
+    frame = reference_frame(features, np.array([0.1, 0.9]), max_rows=100)
+    assert frame[PROBABILITY].tolist() == [0.1, 0.9] * 5
+    assert len(reference_frame(features, None, max_rows=4)) == 4
+
+
+# ------------------------------------------------------------------ handler flow
+async def test_one_shift_gives_one_drift_event_and_a_report(tmp_path: Path) -> None:
+    clock = Clock()
+    deps, published, sink, recorder = make_deps(tmp_path, lambda v: reference_profile(v), clock)
+    assert await deps.profiles.wait(1) is not None
+    await feed(deps, sample(300, seed=7), "same")
+    await feed(deps, sample(900, seed=8, shifted=True), "shift", start=300)
+    assert len(sink.windows) == 4
+    results = [await check_window(w, deps) for w in sink.windows]
+    assert results[0] is None  # the same-distribution window: no alarm
+    events = [r for r in results if r is not None]
+    assert len(events) == 1 and published == events and recorder.events == events  # cooldown
+    event = events[0]
+    assert event.kind == "data" and event.model_version == 1 and event.model_name == MODEL
+    assert event.window.size == 300 and event.window.first_offset == 300
+    assert {f.feature for f in event.drifted_features} == set(SHIFTED)
+    assert event.severity == "low" and event.drift_share == pytest.approx(0.4)
+    html = report_path(event.report_uri)
+    assert html.suffix == ".html"
+    summary = read_json(html.with_suffix(".json"))
+    assert summary["drift"] is True and summary["scores"]["body_length"] > 0.1
+    # the drift report survives the pruning to 3 reports; 4 checks ran
+    assert len(list(html.parent.glob("*.json"))) == 3 and html.stem.endswith("-drift")
+    # After the cooldown the same shift is reported again; the cooldown survives a restart.
+    again = AlertGate(deps.settings.cooldown_s, tmp_path / "alerts.json", clock)
+    assert not again.allows(MODEL, 1, "data") and again.allows(MODEL, 2, "data")
+    clock.now += deps.settings.cooldown_s
+    assert await check_window(sink.windows[-1], deps) is not None
+
+
+async def test_unknown_version_keeps_its_window_until_the_profile_appears(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    available: set[int] = set()
+
+    def build(version: int) -> Profile:
+        if version not in available:
+            raise ProfileUnavailableError("unknown-version", f"v{version} is not in MLflow")
+        return reference_profile(version)
+
+    deps, published, sink, _ = make_deps(tmp_path, build, clock, window=100)
+    caplog.set_level(logging.WARNING)
+    await feed(deps, sample(250, seed=9, shifted=True), "early", version=7)
+    await asyncio.sleep(0.05)  # the background build fails
+    assert deps.profiles.reasons == {7: "unknown-version"}
+    await feed(deps, sample(50, seed=10, shifted=True), "more", version=7)
+    assert sink.windows == []  # nothing checked, nothing crashed
+    assert len(deps.windows.open[(MODEL, 7)]) == 100  # the newest verdicts only
+    assert sum("no reference profile: keeping" in r.message for r in caplog.records) == 1
+    assert sum("window full but no reference" in r.message for r in caplog.records) == 1
+    available.add(7)
+    assert tick(deps) == 0  # within profile_retry_s: no new attempt yet
+    clock.now += 11
+    assert await deps.profiles.wait(7) is not None
+    assert tick(deps) == 1  # monitoring resumes without a new verdict
+    event = await check_window(sink.windows[0], deps)
+    assert event is not None and event.model_version == 7 and published == [event]
+    assert (tmp_path / "profiles" / MODEL / "v7.parquet").is_file()  # cached per version
+
+
+async def test_other_models_and_verdicts_without_features_are_not_drift_checked(
+    tmp_path: Path,
+) -> None:
+    deps, _, sink, _ = make_deps(tmp_path, lambda v: reference_profile(v), Clock(), window=10)
+    await deps.profiles.wait(1)
+    await feed(deps, sample(20, seed=11), "other", version=1)
+    assert len(sink.windows) == 2
+    rows = sample(20, seed=12).to_dict("records")
+    for i, row in enumerate(rows):
+        await on_verdict(verdict(floats(row), f"o-{i}", model="someone-else"), 0, i, 0, deps)
+        empty = verdict({PROBABILITY: 0.9}, f"e-{i}")
+        await on_verdict(empty, 0, i, 0, deps)
+    assert len(sink.windows) == 2
+    await on_labeled(EmailLabeled(producer="t", message_key="e-0", label="spam"), deps)
+    assert deps.quality.metrics(MODEL, 1).tp == 1  # still joined for live quality
+
+
+# ------------------------------------------------------------------ live quality
+def test_quality_metrics_math() -> None:
+    m = QualityMetrics(labels=100, tp=40, fp=5, tn=45, fn=10)
+    assert m.precision == pytest.approx(40 / 45)
+    assert m.recall == pytest.approx(0.8)
+    assert m.f1 == pytest.approx(80 / 95)
+    assert m.false_positive_rate == pytest.approx(0.1)
+    empty = QualityMetrics(labels=0, tp=0, fp=0, tn=0, fn=0)
+    assert empty.as_dict()["f1"] is None and empty.precision is None
+
+
+def test_join_in_either_order_bounded_and_windowed() -> None:
+    quality = LiveQuality(capacity=3, window=4)
+    assert quality.verdict("a", MODEL, 1, "spam") is None
+    joined = quality.label("a", "spam")
+    assert joined is not None and joined.predicted_spam and joined.actual_spam
+    assert quality.label("b", "ham") is None  # label first
+    joined = quality.verdict("b", MODEL, 1, "spam")
+    assert joined is not None and not joined.actual_spam  # a false positive
+    assert quality.label("a", "spam") is None  # a repeated label is not counted twice
+    for key in "cdefg":
+        quality.verdict(key, MODEL, 2, "ham")
+    assert quality.label("c", "ham") is None  # forgotten: only the newest 3 verdicts are kept
+    for key in "efg":
+        quality.label(key, "spam")
+    m2 = quality.metrics(MODEL, 2)
+    assert (m2.labels, m2.fn) == (3, 3)
+    assert quality.metrics(MODEL, 1).as_dict() | {} == {
+        "labels": 2, "tp": 1, "fp": 1, "tn": 0, "fn": 0, "precision": 0.5, "recall": 1.0,
+        "f1": pytest.approx(2 / 3), "false_positive_rate": 1.0,
+    }  # fmt: skip
+
+
+async def test_quality_drop_raises_one_performance_event_and_writes_status(
+    tmp_path: Path,
+) -> None:
+    deps, published, _, _ = make_deps(
+        tmp_path, lambda v: reference_profile(v), Clock(), status_interval_s=0
+    )
+    for i in range(40):
+        predicted = "spam" if i % 2 == 0 else "ham"
+        await on_verdict(verdict({PROBABILITY: 0.9 if predicted == "spam" else 0.1}, f"k{i}"),
+                         0, i, 0, deps)  # fmt: skip
+    for i in range(40):  # the model is right on the first 20 labels, then wrong half the time
+        actual = ("spam" if i % 2 == 0 else "ham") if i < 20 or i % 4 < 2 else (
+            "ham" if i % 2 == 0 else "spam")  # fmt: skip
+        await on_labeled(EmailLabeled(producer="t", message_key=f"k{i}", label=actual), deps)
+    assert len(published) == 1  # first crossing only (cooldown)
+    event = published[0]
+    assert event.kind == "performance" and event.model_version == 1
+    drifted = {f.feature: f for f in event.drifted_features}
+    assert drifted and set(drifted) <= {"f1", "false_positive_rate"}
+    fpr = drifted.get("false_positive_rate")
+    assert fpr is None or fpr.score > fpr.threshold == 0.05
+    report = read_json(report_path(event.report_uri))
+    assert report["metrics"]["labels"] >= 20
+    status = read_json(tmp_path / "live_quality.json")
+    assert status["model_name"] == MODEL
+    v1 = status["versions"]["1"]
+    assert v1["labels"] == v1["labels_total"] >= 20 and 0 <= v1["f1"] <= 1
+
+
+# ------------------------------------------------------------------ webhook
+def drift_event() -> DriftDetected:
+    return DriftDetected(
+        producer="t", model_name=MODEL, model_version=3, window=DriftWindow(size=500),
+        drift_share=0.42, report_uri="file:///tmp/r.html", severity="low",
+    )  # fmt: skip
+
+
+async def test_webhook_retries_with_backoff_until_delivered() -> None:
+    calls: list[dict[str, Any]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(json.loads(request.content))
+        if len(calls) == 1:
+            return httpx.Response(503)
+        if len(calls) == 2:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200)
+
+    delays: list[float] = []
+
+    async def sleep(s: float) -> None:
+        delays.append(s)
+
+    hook = WebhookNotifier("http://hooks.test/x", transport=httpx.MockTransport(answer),
+                           backoff_s=1.0, max_attempts=5, sleep=sleep)  # fmt: skip
+    assert await hook.deliver(alert_payload(drift_event()))
+    assert len(calls) == 3 and delays == [1.0, 2.0]
+    assert "spam-detector v3" in calls[0]["text"] and calls[0]["drift_share"] == 0.42
+    await hook.close()
+
+
+async def test_webhook_gives_up_on_client_errors_and_never_blocks_the_caller() -> None:
+    release = asyncio.Event()
+    seen: list[int] = []
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        seen.append(1)
+        await release.wait()
+        return httpx.Response(400)
+
+    class Transport(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            return await slow(request)
+
+    hook = WebhookNotifier("http://hooks.test/x", transport=Transport(), max_attempts=5)
+    hook.notify(drift_event())  # returns at once although the endpoint hangs
+    hook.notify(drift_event())
+    await asyncio.sleep(0.05)
+    assert seen == [1]
+    release.set()
+    await hook.close(wait_s=2)
+    assert seen == [1, 1]  # 400: one attempt each, no retries
