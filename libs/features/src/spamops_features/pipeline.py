@@ -85,9 +85,9 @@ class TfidfParams:
 
     max_features: int = N_TFIDF
     ngram_max: int = 2
-    # Stop words kept: "you", "your", "free", "click here" style function words carry spam
-    # signal (test F1 0.984 vs 0.981 with the English list removed, same XGBoost).
-    stop_words: str | None = None
+    # English stop words removed: keeping them scored 0.984 vs 0.981 with a fixed XGBoost
+    # but 0.970 vs 0.973 (and more false positives) through the tuned training.
+    stop_words: str | None = "english"
     sublinear_tf: bool = True
     token_pattern: str = r"(?u)\b\w\w+\b"  # noqa: S105 - a regex, not a secret
     # Each document is cut here: bounds the cost of a huge message on the hot path.
