@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap up down status test test-fast lint schemas asyncapi clean
+.PHONY: help bootstrap up down status test test-fast lint schemas asyncapi demo-drift clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ test-fast: ## Unit and integration tests only, skipping slow end-to-end ones
 
 schemas: ## Regenerate the JSON Schema files
 	$(VENV)/python -m spamops_schemas.jsonschema
+
+demo-drift: ## On the running platform: the temporal shift, drift, retraining, better model
+	$(VENV)/spamops demo-drift
 
 asyncapi: ## Regenerate the services' AsyncAPI documents (docs/asyncapi/)
 	SPAMOPS_LOG_LEVEL=WARNING $(VENV)/python -m spamops_cli.asyncapi

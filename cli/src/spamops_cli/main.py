@@ -480,6 +480,26 @@ def demo(
         raise _fail(f"{summary.sent - summary.verdicts} message(s) got no verdict in time")
 
 
+@app.command(name="demo-drift")
+def demo_drift(
+    approver: Annotated[str, typer.Option(help="Who approves the two promotions.")] = "on-call",
+) -> None:
+    """The temporal-shift scenario: -1 model, -2 stream with labels, drift, retraining."""
+    from spamops_cli.scenario import ScenarioError, run_scenario
+
+    try:
+        result = run_scenario(_settings(), log=out.print, approver=approver)
+    except ScenarioError as exc:
+        raise _fail(str(exc)) from exc
+    out.print(
+        f"[bold]F1 on held-back -2 messages[/]: v{result.first_version} {result.f1_before:.3f} "
+        f"-> v{result.retrained_version} {result.f1_after:.3f}; drift after "
+        f"{result.seconds_to_drift:.0f} s, retrained model in production after "
+        f"{result.seconds_to_production:.0f} s; false alarms on the no-drift stream: "
+        f"{result.false_alarms}"
+    )
+
+
 @app.command()
 def approve(
     model: Annotated[str, typer.Argument(help="Registered model name, e.g. spam-detector.")],
