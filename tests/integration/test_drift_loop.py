@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -138,6 +141,15 @@ def test_a_real_shift_is_detected_and_retraining_fixes_it(platform: PlatformSett
     )[:1]
     detected_s = time.monotonic() - began
     assert drift.model_version == 1
+    # The on-call engineer's view: plain kcat on monitoring.drift.
+    kcat = shutil.which("kcat")
+    if kcat is not None:
+        read = subprocess.run(  # noqa: S603
+            [kcat, "-b", platform.kafka_bootstrap, "-C", "-t", "monitoring.drift", "-e", "-q"],
+            capture_output=True, text=True, check=True, timeout=60,
+        )  # fmt: skip
+        seen = [json.loads(line) for line in read.stdout.splitlines() if line.strip()]
+        assert any(e["event_id"] == str(drift.event_id) for e in seen)
     [(retrain, _)] = asyncio.run(
         events_on(platform, "datasets.ready",
                   lambda e: isinstance(e, DatasetReady) and e.reason == "drift", wait_s=300)
