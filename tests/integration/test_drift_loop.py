@@ -144,7 +144,7 @@ def test_a_real_shift_is_detected_and_retraining_fixes_it(platform: PlatformSett
     # The on-call engineer's view: plain kcat on monitoring.drift.
     kcat = shutil.which("kcat")
     if kcat is not None:
-        read = subprocess.run(  # noqa: S603
+        read = subprocess.run(
             [kcat, "-b", platform.kafka_bootstrap, "-C", "-t", "monitoring.drift", "-e", "-q"],
             capture_output=True, text=True, check=True, timeout=60,
         )  # fmt: skip
