@@ -74,6 +74,9 @@ def down() -> None:
 @app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the overview as JSON.")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Live view, refreshed every 2 s (Ctrl-C).")
+    ] = False,
 ) -> None:
     """One screen: components, model versions and aliases, Triton, lag, dead letters, events."""
     from spamops_cli.overview import overview
@@ -83,15 +86,27 @@ def status(
         print(json.dumps(overview(settings).as_dict(), indent=2, default=str))
         return
     healthy = _print_status(settings)
-    _print_overview(overview(settings))
+    if watch:
+        _watch(settings, interval=2.0)
+        return
+    out.print(_overview_renderable(overview(settings)))
     if not healthy:
         raise typer.Exit(1)
 
 
-def _print_overview(view: Any) -> None:
+def _overview_renderable(view: Any, rate: float | None = None) -> Any:
+    from rich.console import Group
+    from rich.text import Text
+
     aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted(view.aliases.items())) or "none"
-    out.print(f"[bold]models[/]: versions {view.versions or 'none'}; aliases {aliases}")
-    out.print(f"[bold]triton ready[/]: {', '.join(view.triton) or 'nothing loaded'}")
+    lines = [
+        Text.from_markup(f"[bold]models[/]: versions {view.versions or 'none'}; aliases {aliases}"),
+        Text.from_markup(f"[bold]triton ready[/]: {', '.join(view.triton) or 'nothing loaded'}"),
+        Text.from_markup(
+            f"[bold]verdicts[/]: {view.verdicts_total}"
+            + (f"  ({rate:.0f}/s)" if rate is not None else "")
+        ),
+    ]
     table = Table(title="consumer lag / dead letters / last events")
     table.add_column("what")
     table.add_column("value", overflow="fold")
@@ -105,7 +120,28 @@ def _print_overview(view: Any) -> None:
         table.add_row(f"live quality v{version}", json.dumps(metrics))
     for part, error in view.errors.items():
         table.add_row(f"[red]{part} unreadable[/]", error)
-    out.print(table)
+    return Group(*lines, table)
+
+
+def _watch(settings: PlatformSettings, interval: float) -> None:
+    """Refresh the overview until Ctrl-C, with the verdict rate between refreshes."""
+    import time
+
+    from rich.live import Live
+
+    from spamops_cli.overview import overview
+
+    previous: tuple[float, int] | None = None
+    with contextlib.suppress(KeyboardInterrupt), Live(console=out, auto_refresh=False) as live:
+        while True:
+            view = overview(settings)
+            now = time.monotonic()
+            rate = None
+            if previous is not None and now > previous[0]:
+                rate = (view.verdicts_total - previous[1]) / (now - previous[0])
+            previous = (now, view.verdicts_total)
+            live.update(_overview_renderable(view, rate), refresh=True)
+            time.sleep(interval)
 
 
 def _print_status(settings: PlatformSettings) -> bool:

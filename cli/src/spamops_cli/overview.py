@@ -31,6 +31,7 @@ class Overview:
     dead_letters: dict[str, int] = field(default_factory=dict)
     last_events: dict[str, str] = field(default_factory=dict)
     quality: dict[str, Any] = field(default_factory=dict)
+    verdicts_total: int = 0
     errors: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -90,6 +91,12 @@ async def _kafka(settings: PlatformSettings, view: Overview) -> None:
             ends = await consumer.end_offsets(parts)
             starts = await consumer.beginning_offsets(parts)
             view.dead_letters[topic] = sum(ends[tp] - starts[tp] for tp in parts)
+        verdict_parts = [
+            TopicPartition("emails.verdicts", p)
+            for p in await topic_partitions(settings, "emails.verdicts")
+        ]
+        if verdict_parts:
+            view.verdicts_total = sum((await consumer.end_offsets(verdict_parts)).values())
         control = [TopicPartition(t, 0) for t in CONTROL_TYPES_BY_TOPIC if t in topics]
         for tp in control:
             await topic_partitions(settings, tp.topic)
