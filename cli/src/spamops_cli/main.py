@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -273,10 +274,11 @@ def _follow_lifecycle(
     from spamops_schemas import ModelPromoted, ModelRegistered, ModelRejected, ModelTrained
 
     logs = settings.state_dir / "logs"
-    with console.status("training (Ray Tune search, then the final model) ..."):
-        trained = _first_event(
-            settings, "models.trained", ModelTrained, dataset_event_id, timeout_s
-        )
+    trained = _with_trial_progress(
+        settings,
+        dataset_event_id,
+        lambda: _first_event(settings, "models.trained", ModelTrained, dataset_event_id, timeout_s),
+    )
     if trained is None:
         raise _fail(f"no ModelTrained within {timeout_s / 60:.0f} min; see {logs / 'trainer.log'}")
     m = trained.metrics
@@ -326,6 +328,46 @@ def _follow_lifecycle(
         f"ModelPromoted: {promoted.model_name} v{promoted.version} serves production "
         f"(Triton {promoted.triton_model})"
     )
+
+
+def _with_trial_progress(settings: PlatformSettings, dataset_event_id: str, wait: Any) -> Any:
+    """Run ``wait()`` while a progress bar follows the training's Ray Tune trials in MLflow."""
+    import threading
+
+    import mlflow
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    stop = threading.Event()
+
+    def poll(progress: Progress, task: Any) -> None:
+        client = mlflow.MlflowClient(tracking_uri=settings.mlflow_uri)
+        while not stop.wait(2.0):
+            try:
+                experiments = [e.experiment_id for e in client.search_experiments()]
+                runs = client.search_runs(
+                    experiments,
+                    filter_string=f"tags.`spamops.source_event_id` = '{dataset_event_id}'",
+                    max_results=1,
+                )
+            except Exception as exc:  # MLflow busy: the bar just waits
+                logging.getLogger(__name__).debug("progress poll failed: %s", exc)
+                continue
+            tag = runs[0].data.tags.get("spamops.trials_done") if runs else None
+            if tag and "/" in tag:
+                done, total = (int(x) for x in tag.split("/", 1))
+                label = "Ray Tune trials" if done < total else "final model, MLflow logging"
+                progress.update(task, completed=done, total=total, description=label)
+
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("features, then Ray Tune trials", total=None)
+        poller = threading.Thread(target=poll, args=(progress, task), daemon=True)
+        poller.start()
+        try:
+            return wait()
+        finally:
+            stop.set()
+            poller.join(timeout=5)
 
 
 def _first_registration(settings: PlatformSettings, trained_id: str, timeout_s: float) -> object:

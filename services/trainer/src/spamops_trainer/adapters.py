@@ -29,6 +29,7 @@ TAG_DATASET = "spamops.dataset_id"
 TAG_CORRELATION = "spamops.correlation_id"
 TAG_MODEL_TRAINED = "spamops.model_trained"
 TAG_SPEC = "spamops.feature_spec_version"
+TAG_PROGRESS = "spamops.trials_done"
 PIPELINE_ARTIFACT = "feature_pipeline"
 PARITY_ARTIFACT = "parity/test_sample.npz"
 
@@ -256,6 +257,10 @@ class MlflowTracker:
             sha256=params["dataset_sha256"],
             created_ms=int(run.info.start_time or 0),
         )
+
+    def record_progress(self, run_id: str, done: int, total: int) -> None:
+        """Trials finished so far, as a run tag (`spamops ingest --wait-trained` shows it)."""
+        self._client.set_tag(run_id, TAG_PROGRESS, f"{done}/{total}")
 
     def record_model_trained(self, run_id: str, event: ModelTrained) -> None:
         """Keep the published event on the run, so a replay republishes the same one."""

@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,7 @@ def train(
     reputation: ReputationLookup | None = None,
     threshold: float | None = None,
     max_val_fpr: float = 0.005,
+    on_trial_done: Callable[[int, int], None] | None = None,
 ) -> TrainingOutcome:
     """Features, hyper-parameter search, threshold on validation, final fit, test evaluation.
 
@@ -131,6 +133,7 @@ def train(
         prepared.x["validation"],
         prepared.y["validation"],
         config,
+        on_trial_done=on_trial_done,
     )
     if threshold is None:
         threshold = validation_threshold(prepared, result.best_params, config.seed, max_val_fpr)
@@ -168,7 +171,12 @@ def train_and_log(
     """
     with tracker.training_run(event) as run_id:
         outcome = train(
-            df, config, reputation=reputation, threshold=threshold, max_val_fpr=max_val_fpr
+            df,
+            config,
+            reputation=reputation,
+            threshold=threshold,
+            max_val_fpr=max_val_fpr,
+            on_trial_done=partial(tracker.record_progress, run_id),
         )
         prepared = outcome.prepared
         tracker.log_trials([asdict(t) for t in outcome.search.trials])

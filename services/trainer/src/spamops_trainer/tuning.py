@@ -10,6 +10,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,14 +101,43 @@ def _trial(config: dict[str, Any], data: dict[str, np.ndarray]) -> None:
         tune.report({"val_f1": float(f1_score(y_val, predicted)), "rounds": done})
 
 
+def _progress_callback(on_trial_done: Callable[[int, int], None] | None, total: int) -> Any:
+    """A Ray Tune callback counting finished trials (run by Tune's driver, in this process)."""
+    from ray.tune import Callback
+
+    class _Progress(Callback):  # type: ignore[misc]
+        done = 0
+
+        def _finished(self) -> None:
+            self.done += 1
+            if on_trial_done is not None:
+                try:
+                    on_trial_done(self.done, total)
+                except Exception:  # progress is cosmetic: never fail a search for it
+                    logger.debug("progress callback failed", exc_info=True)
+
+        def on_trial_complete(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
+            self._finished()
+
+        def on_trial_error(self, iteration: int, trials: Any, trial: Any, **info: Any) -> None:
+            self._finished()
+
+    return _Progress()
+
+
 def search(
     x_train: np.ndarray,
     y_train: np.ndarray,
     x_val: np.ndarray,
     y_val: np.ndarray,
     config: SearchConfig,
+    on_trial_done: Callable[[int, int], None] | None = None,
 ) -> SearchResult:
-    """Run the Ray Tune search; objective: F1 on the validation split (maximised)."""
+    """Run the Ray Tune search; objective: F1 on the validation split (maximised).
+
+    ``on_trial_done(done, total)`` is called in this process as trials finish
+    (completed, stopped early by ASHA, or failed): the trainer shows progress with it.
+    """
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -162,7 +192,12 @@ def search(
             num_samples=config.num_samples,
             time_budget_s=config.time_budget_s,
         ),
-        run_config=tune.RunConfig(storage_path=storage, name="search", verbose=0),
+        run_config=tune.RunConfig(
+            storage_path=storage,
+            name="search",
+            verbose=0,
+            callbacks=[_progress_callback(on_trial_done, config.num_samples)],
+        ),
     )
     grid = tuner.fit()
     trials: list[TrialResult] = []
