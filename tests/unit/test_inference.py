@@ -158,3 +158,18 @@ async def test_a_switch_is_atomic_for_a_batch() -> None:
     assert verdict.model_version == 2
     [(_, after)] = (await classify_batch([record(email(1), 1)], deps)).verdicts
     assert after.model_version == 5
+
+
+async def test_a_model_announced_but_not_yet_switched_to_is_found_in_mlflow() -> None:
+    """Records right after the first promotion are classified, not dead-lettered."""
+    deps = await deps_for({})
+    refreshed: list[bool] = []
+
+    async def refresh() -> None:
+        refreshed.append(True)
+        await deps.catalog.switch("production", 1)
+
+    deps.refresh = refresh
+    result = await classify_batch([record(email(0), 0)], deps)
+    assert refreshed == [True]
+    assert [v.model_version for _, v in result.verdicts] == [1]

@@ -172,20 +172,27 @@ def build_app(settings: InferenceSettings | None = None) -> FastStream:
 
     app = service_app(SERVICE, settings, broker)
 
-    @app.on_startup
-    async def _load_current_models() -> None:
-        """The serving versions as MLflow knows them now (before consuming anything)."""
-        for attempt in range(1, 6):
+    async def load_current_models(attempts: int = 1) -> None:
+        """The serving versions as MLflow knows them now."""
+        for attempt in range(1, attempts + 1):
             try:
                 aliases = await asyncio.to_thread(models.aliases)
                 break
             except Exception:  # MLflow not up yet: the stack starts it first, but be patient
                 logger.warning("cannot read aliases from MLflow", extra={"attempt": attempt})
-                await asyncio.sleep(2 * attempt)
+                if attempt < attempts:
+                    await asyncio.sleep(2 * attempt)
         else:
             aliases = {}
         for alias, version in aliases.items():
             await catalog.switch(alias, version)
         logger.info("serving models", extra={"aliases": aliases})
+
+    deps.refresh = load_current_models
+
+    @app.on_startup
+    async def _load_current_models() -> None:
+        """Before consuming anything."""
+        await load_current_models(attempts=5)
 
     return app

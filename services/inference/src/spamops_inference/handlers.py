@@ -97,6 +97,12 @@ class InferenceDeps:
     senders: RecentSenders = field(default_factory=RecentSenders)
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    # Reads the aliases from MLflow again (a ModelRegistered/ModelPromoted may still be
+    # on its way while records for the new model already arrive); at most every
+    # ``refresh_every_s`` seconds.
+    refresh: Callable[[], Awaitable[None]] | None = None
+    refresh_every_s: float = 5.0
+    last_refresh: float = float("-inf")
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,15 @@ async def classify_batch(records: Sequence[InboxRecord], deps: InferenceDeps) ->
             result.refused.append(parsed)
         else:
             by_environment[parsed.environment].append(parsed)
+    missing = (by_environment[PRODUCTION] and not models) or (
+        by_environment[STAGING] and STAGING not in models
+    )
+    if missing and deps.refresh is not None:
+        now = time.monotonic()
+        if now - deps.last_refresh >= deps.refresh_every_s:
+            deps.last_refresh = now
+            await deps.refresh()
+            models = deps.catalog.snapshot()
     verdicts: dict[int, tuple[InboxRecord, EmailClassified]] = {}
     for environment, items in by_environment.items():
         if not items:
