@@ -144,6 +144,18 @@ class MlflowRegistry:
         except KeyError:
             return None
 
+    def run_params(self, run_id: str) -> dict[str, str]:
+        """A run's parameters."""
+        return dict(self._client.get_run(run_id).data.params)
+
+    def download(self, run_id: str, artifact_path: str, dst: str) -> str:
+        """Download a run artifact (file or folder) into ``dst``; returns its local path."""
+        path: str = self._mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=artifact_path, dst_path=dst,
+            tracking_uri=self.tracking_uri,
+        )  # fmt: skip
+        return path
+
     def run_tag(self, run_id: str, key: str) -> str | None:
         """A tag of a run."""
         value = self._client.get_run(run_id).data.tags.get(key)

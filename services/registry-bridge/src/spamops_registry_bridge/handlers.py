@@ -53,6 +53,7 @@ from spamops_registry_bridge.adapters import (
     VersionInfo,
     sha256_hex,
 )
+from spamops_registry_bridge.champion import champion_on_challenger_test
 from spamops_registry_bridge.onnx_export import export_onnx, onnx_spam_probability
 from spamops_registry_bridge.settings import RegistryBridgeSettings
 
@@ -123,10 +124,19 @@ def gate_failures(
 
 
 # ------------------------------------------------------------ ModelTrained
-def _champion(registry: MlflowRegistry) -> ClassificationMetrics | None:
+def _champion(registry: MlflowRegistry, challenger: ModelTrained) -> ClassificationMetrics | None:
+    """The production model's metrics on the challenger's test split (its own as a fallback)."""
     version = registry.alias_version(PRODUCTION)
     info = registry.version(version) if version is not None else None
-    return registry.run_metrics(info.run_id) if info is not None else None
+    if info is None:
+        return None
+    if info.run_id == challenger.run_id:
+        return challenger.metrics
+    try:
+        return champion_on_challenger_test(registry, info.version, info.run_id, challenger)
+    except Exception:
+        logger.exception("cannot score the champion on the challenger's test split")
+        return registry.run_metrics(info.run_id)
 
 
 def _reject(
@@ -209,7 +219,7 @@ def register_trained(event: ModelTrained, deps: BridgeDeps) -> tuple[Event, int 
     if info is None:
         if registry.run_tag(event.run_id, _rejected_tag(event)):
             return _reject(event, registry, []), None
-        failures = gate_failures(event.metrics, settings, _champion(registry))
+        failures = gate_failures(event.metrics, settings, _champion(registry, event))
         if failures:
             logger.warning(
                 "model rejected by the gate",
