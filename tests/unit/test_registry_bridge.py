@@ -140,3 +140,54 @@ def test_a_signed_approval_by_an_allowed_approver_is_accepted() -> None:
     )
     settings = RegistryBridgeSettings(approvers=["alice"], approval_secret=SecretStr("s3cret"))
     assert check_approval(event, deps_with(settings, {2: PASSED})) is PASSED
+
+
+def test_champion_metrics_are_computed_like_the_trainers() -> None:
+    from spamops_registry_bridge.champion import metrics_of
+
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.7, 0.3, 0.9, 0.8, 0.4, 0.95])
+    m = metrics_of(y, p, 0.5)
+    # tp 3, fp 1, fn 1, tn 3
+    assert m.precision == pytest.approx(0.75)
+    assert m.recall == pytest.approx(0.75)
+    assert m.f1 == pytest.approx(0.75)
+    assert m.false_positive_rate == pytest.approx(0.25)
+    assert metrics_of(y, p, 0.75).false_positive_rate == 0.0
+
+
+def test_the_champion_is_judged_on_the_challengers_test_split(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A same-run champion uses the challenger's metrics; otherwise it is re-scored."""
+    from spamops_registry_bridge import handlers
+
+    calls: list[tuple[int, str]] = []
+
+    class Registry(FakeRegistry):
+        def alias_version(self, alias: str) -> int | None:
+            return 2
+
+        def run_metrics(self, run_id: str) -> ClassificationMetrics | None:
+            return metrics(0.99, 0.001)
+
+    def rescored(reg: Any, version: int, run: str, challenger: Any) -> ClassificationMetrics:
+        calls.append((version, run))
+        return metrics(0.93, 0.004)
+
+    monkeypatch.setattr(handlers, "champion_on_challenger_test", rescored)
+    champion = handlers._champion(Registry({2: PASSED}), trained_event("run-9"))  # type: ignore[arg-type]
+    assert calls == [(2, "run-2")]
+    assert champion is not None and champion.f1 == pytest.approx(0.93)
+    # Re-scored, the champion no longer blocks a challenger that is better on new data.
+    assert gate_failures(metrics(0.95, 0.005), SETTINGS, champion) == []
+
+
+def trained_event(run_id: str) -> Any:
+    from spamops_schemas import ModelTrained
+
+    return ModelTrained(
+        producer="t", run_id=run_id, model_uri="models:/m-1", dataset_id="ds-1",
+        metrics=metrics(0.95, 0.005), best_params={}, feature_spec_version="1",
+        n_features=527, training_seconds=1.0,
+    )  # fmt: skip

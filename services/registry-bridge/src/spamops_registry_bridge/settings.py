@@ -24,7 +24,8 @@ class RegistryBridgeSettings(ServiceSettings):
     )
     champion_margin: float = Field(
         default=0.01,
-        description="How much worse than production (F1 down, FPR up) a challenger may be.",
+        description="How much worse than production (F1 down, FPR up) a challenger may be, "
+        "both scored on the challenger's test split.",
     )
     parity_tolerance: float = Field(
         default=1e-4, description="Largest |p_onnx - p_xgboost| allowed on the test sample."
