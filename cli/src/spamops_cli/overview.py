@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from spamops_runtime.model_registry import serving_aliases
 from spamops_runtime.replay import topic_partitions
 from spamops_runtime.settings import PlatformSettings
 from spamops_runtime.triton_repo import TritonRepositoryClient
@@ -51,9 +52,7 @@ def _models(settings: PlatformSettings, view: Overview) -> None:
         view.errors["mlflow"] = str(exc)[:200]
         return
     view.versions = sorted(int(v.version) for v in found)
-    if found:
-        aliases = client.get_registered_model(name).aliases or {}
-        view.aliases = {alias: int(version) for alias, version in aliases.items()}
+    view.aliases = serving_aliases(settings.mlflow_uri, name)
 
 
 def _triton(settings: PlatformSettings, view: Overview) -> None:

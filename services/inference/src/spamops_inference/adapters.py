@@ -9,6 +9,7 @@ from collections import OrderedDict
 
 import numpy as np
 from spamops_features.pipeline import FeaturePipeline
+from spamops_runtime.model_registry import serving_aliases
 from spamops_schemas import ModelTrained
 
 from spamops_inference.serving import ServingModel
@@ -34,17 +35,8 @@ class MlflowModels:
         self.model_name = model_name
 
     def aliases(self) -> dict[str, int]:
-        """alias -> version for staging and production (those that exist)."""
-        from mlflow.exceptions import MlflowException
-
-        found: dict[str, int] = {}
-        for alias in ("staging", "production"):
-            try:
-                mv = self._client.get_model_version_by_alias(self.model_name, alias)
-            except MlflowException:
-                continue
-            found[alias] = int(mv.version)
-        return found
+        """alias -> version (staging, production: those that exist)."""
+        return serving_aliases(self.tracking_uri, self.model_name)
 
     def load(self, alias: str, version: int) -> ServingModel:
         """The version's pipeline (verified against this feature code) and threshold."""

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
+from spamops_runtime.model_registry import serving_aliases
 from spamops_schemas import DriftDetected
 
 from spamops_monitor.drift import (
@@ -81,17 +82,8 @@ class MlflowProfiles:
         self.max_rows = max_rows
 
     def aliases(self) -> dict[str, int]:
-        """alias -> version for staging and production (those that exist)."""
-        from mlflow.exceptions import MlflowException
-
-        found: dict[str, int] = {}
-        for alias in ("staging", "production"):
-            try:
-                mv = self._client.get_model_version_by_alias(self.model_name, alias)
-            except MlflowException:
-                continue
-            found[alias] = int(mv.version)
-        return found
+        """alias -> version (staging, production: those that exist)."""
+        return serving_aliases(self.tracking_uri, self.model_name)
 
     def _run_id(self, version: int) -> str:
         from mlflow.exceptions import MlflowException
