@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,3 +62,15 @@ def write_results(name: str, numbers: dict[str, Any]) -> Path:
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
     print(json.dumps(document, indent=2, default=str))
     return path
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free right now on 127.0.0.1 (for a stack of its own)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import tempfile
 from pathlib import Path
 
@@ -24,17 +23,7 @@ from spamops_cli import stack as local_stack
 from spamops_cli.scenario import run_scenario
 from spamops_runtime.settings import PlatformSettings
 
-from benchmarks._common import write_results
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+from benchmarks._common import free_ports, write_results
 
 
 def main() -> None:

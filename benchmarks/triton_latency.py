@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -31,19 +30,9 @@ from spamops_registry_bridge.onnx_export import export_onnx, onnx_spam_probabili
 from spamops_runtime.settings import PlatformSettings
 from spamops_runtime.triton_repo import model_repository
 
-from benchmarks._common import RESULTS, write_results
+from benchmarks._common import RESULTS, free_ports, write_results
 
 N_INPUTS = 527
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def model_shape() -> tuple[int, int]:
