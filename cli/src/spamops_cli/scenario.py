@@ -127,6 +127,18 @@ def _f1(found: dict[str, EmailClassified], labels: Mapping[str, str], prefix: st
     return float(f1_score(truth, [found[k].verdict == "spam" for k in keys]))
 
 
+def _held_back_f1(
+    settings: PlatformSettings, held: list[Any], labels: Mapping[str, str], prefix: str
+) -> float:
+    """Stream the held-back messages under fresh keys and score the production model's F1."""
+    keys = {f"{prefix}{m.source_id}" for m in held}
+    asyncio.run(
+        send_raw(settings, [RawRecord("emails.inbox", m.raw, key=f"{prefix}{m.source_id}")
+                            for m in held])
+    )  # fmt: skip
+    return _f1(_verdicts(settings, keys, 300), labels, prefix)
+
+
 def _promote(
     settings: PlatformSettings, version: int, approver: str, timeout_s: float
 ) -> ModelPromoted:
@@ -212,12 +224,7 @@ def run_scenario(
     streamed = [m for m in later if m not in held]
     labels = {m.source_id: m.label for m in later}
     result.held_back = len(held)
-    first_keys = {f"before-{run}-{m.source_id}" for m in held}
-    asyncio.run(
-        send_raw(settings, [RawRecord("emails.inbox", m.raw, key=f"before-{run}-{m.source_id}")
-                            for m in held])
-    )  # fmt: skip
-    result.f1_before = _f1(_verdicts(settings, first_keys, 300), labels, f"before-{run}-")
+    result.f1_before = _held_back_f1(settings, held, labels, f"before-{run}-")
     log(
         f"    F1 of v{result.first_version} on {len(held)} held-back messages: "
         f"{result.f1_before:.3f}"
@@ -273,11 +280,6 @@ def run_scenario(
         f"{result.seconds_to_production:.0f}s")  # fmt: skip
 
     log("5/5 the retrained model on the same held-back messages")
-    after_keys = {f"after-{run}-{m.source_id}" for m in held}
-    asyncio.run(
-        send_raw(settings, [RawRecord("emails.inbox", m.raw, key=f"after-{run}-{m.source_id}")
-                            for m in held])
-    )  # fmt: skip
-    result.f1_after = _f1(_verdicts(settings, after_keys, 300), labels, f"after-{run}-")
+    result.f1_after = _held_back_f1(settings, held, labels, f"after-{run}-")
     log(f"    F1 before {result.f1_before:.3f} -> after {result.f1_after:.3f}")
     return result
