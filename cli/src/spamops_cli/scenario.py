@@ -157,6 +157,24 @@ def _promote(
     return promoted
 
 
+def _trained_registered_promoted(
+    settings: PlatformSettings, dataset: Event, approver: str, timeout_s: float
+) -> int:
+    """Follow a DatasetReady to its ModelTrained and ModelRegistered, then approve the version."""
+    trained = _first(
+        settings, "models.trained",
+        lambda e: isinstance(e, ModelTrained) and e.causation_id == dataset.event_id, timeout_s,
+    )  # fmt: skip
+    registered = _first(
+        settings, "models.registered",
+        lambda e: isinstance(e, ModelRegistered) and e.causation_id == trained.event_id,
+        timeout_s,
+    )  # fmt: skip
+    assert isinstance(registered, ModelRegistered)
+    _promote(settings, registered.version, approver, 120)
+    return registered.version
+
+
 def run_scenario(
     settings: PlatformSettings,
     *,
@@ -176,19 +194,8 @@ def run_scenario(
         iter_corpus(cache, BEFORE_GROUPS), snapshots_dir(settings), producer="spamops-scenario"
     )
     asyncio.run(send_events(settings, [before]))
-    trained = _first(
-        settings, "models.trained",
-        lambda e: isinstance(e, ModelTrained) and e.causation_id == before.event_id, timeout_s,
-    )  # fmt: skip
-    registered = _first(
-        settings, "models.registered",
-        lambda e: isinstance(e, ModelRegistered) and e.causation_id == trained.event_id,
-        timeout_s,
-    )  # fmt: skip
-    assert isinstance(registered, ModelRegistered)
-    result.first_version = registered.version
-    _promote(settings, registered.version, approver, 120)
-    log(f"    v{registered.version} serves production")
+    result.first_version = _trained_registered_promoted(settings, before, approver, timeout_s)
+    log(f"    v{result.first_version} serves production")
 
     log("2/5 no-drift stream: the -1 groups' test split")
     frame = load_snapshot(before.uri, before.sha256)
@@ -263,20 +270,9 @@ def run_scenario(
         lambda e: isinstance(e, DatasetReady) and e.reason == "drift"
         and e.parent_dataset_id == before.dataset_id, timeout_s,
     )  # fmt: skip
-    retrained = _first(
-        settings, "models.trained",
-        lambda e: isinstance(e, ModelTrained) and e.causation_id == retrain.event_id, timeout_s,
-    )  # fmt: skip
-    registered = _first(
-        settings, "models.registered",
-        lambda e: isinstance(e, ModelRegistered) and e.causation_id == retrained.event_id,
-        timeout_s,
-    )  # fmt: skip
-    assert isinstance(registered, ModelRegistered)
-    result.retrained_version = registered.version
-    _promote(settings, registered.version, approver, 120)
+    result.retrained_version = _trained_registered_promoted(settings, retrain, approver, timeout_s)
     result.seconds_to_production = time.monotonic() - began
-    log(f"    v{registered.version} (retrained) serves production after "
+    log(f"    v{result.retrained_version} (retrained) serves production after "
         f"{result.seconds_to_production:.0f}s")  # fmt: skip
 
     log("5/5 the retrained model on the same held-back messages")
