@@ -15,6 +15,7 @@ from spamops_cli.stack.manager import (
     down,
     install,
     status,
+    stop,
     up,
 )
 from spamops_cli.stack.paths import TOOLS_DIR_ENV, StackError, StackPaths
@@ -32,5 +33,6 @@ __all__ = [
     "ensure_topics",
     "install",
     "status",
+    "stop",
     "up",
 ]

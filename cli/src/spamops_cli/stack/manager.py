@@ -182,6 +182,19 @@ def down(settings: PlatformSettings) -> None:
         _stop(paths, list(_all(settings, paths).values()), others=True)
 
 
+def stop(settings: PlatformSettings, components: Iterable[str]) -> None:
+    """Stop only ``components`` (SIGTERM, SIGKILL after a timeout); ``up`` starts them again.
+
+    For operations and fault drills: e.g. stop Triton for a while, or restart Kafka
+    under running services. Data and the other components are left alone.
+    """
+    paths = StackPaths.from_settings(settings)
+    if not paths.run.is_dir():
+        return
+    with file_lock(paths.run / ".lock"):
+        _stop(paths, _select(settings, components))
+
+
 def _stop(paths: StackPaths, components: list[Component], *, others: bool = False) -> None:
     """Stop ``components``; with ``others``, first every other pid file of ``run/``.
 

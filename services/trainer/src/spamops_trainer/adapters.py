@@ -142,6 +142,36 @@ class MlflowTracker:
         payload = runs[0].data.tags.get(TAG_MODEL_TRAINED)
         return ModelTrained.from_bytes(payload) if payload else None
 
+    def close_abandoned_runs(self, source_event_id: str) -> list[str]:
+        """Mark runs of this DatasetReady still RUNNING (and their trials) as KILLED.
+
+        Records are handled one at a time per partition, so such a run was left by
+        a trainer killed mid-training: the redelivered record trains again in a new run.
+        """
+        experiment = self._experiment_id()
+        abandoned = self._client.search_runs(
+            [experiment],
+            filter_string=(
+                f"tags.`{TAG_SOURCE_EVENT}` = '{source_event_id}' "
+                "and attributes.status = 'RUNNING'"
+            ),
+        )
+        closed = []
+        for run in abandoned:
+            run_id = run.info.run_id
+            children = self._client.search_runs(
+                [experiment],
+                filter_string=(
+                    f"tags.`mlflow.parentRunId` = '{run_id}' and attributes.status = 'RUNNING'"
+                ),
+            )
+            for child in children:
+                self._client.set_terminated(child.info.run_id, status="KILLED")
+            self._client.set_tag(run_id, "spamops.abandoned", "trainer stopped mid-training")
+            self._client.set_terminated(run_id, status="KILLED")
+            closed.append(run_id)
+        return closed
+
     @contextmanager
     def training_run(self, event: DatasetReady) -> Iterator[str]:
         """An MLflow run for one training; marked FAILED if the block raises."""

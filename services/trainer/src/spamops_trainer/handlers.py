@@ -78,6 +78,12 @@ async def on_dataset_ready(event: DatasetReady, record: RecordContext, deps: Tra
         logger.info("already trained for this event; republishing", extra={"run_id": done.run_id})
         await deps.publish(done)
         return
+    abandoned = await asyncio.to_thread(deps.tracker.close_abandoned_runs, str(event.event_id))
+    if abandoned:
+        logger.warning(
+            "a previous training of this event was interrupted; its runs are marked KILLED",
+            extra={"run_ids": abandoned},
+        )
     df = await asyncio.to_thread(load_training_data, event)
     logger.info(
         "training started",
