@@ -61,7 +61,9 @@ async def send(
     headers: dict[str, str] | None = None,
 ) -> None:
     """Produce ``(key, value)`` records (with ``headers``), each acknowledged by Kafka."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, acks="all", **settings.kafka_client_options()
+    )
     await producer.start()
     try:
         for key, value in items:

@@ -35,8 +35,60 @@ console = Console(stderr=True)
 out = Console()
 
 
+def _platform(secure: bool | None = None) -> PlatformSettings:
+    """The environment's settings; SASL on when asked or when the local stack is secure.
+
+    ``secure``: True/False from ``up --secure/--no-secure``; None keeps what the
+    environment (SPAMOPS_KAFKA_SECURITY_PROTOCOL) or the state directory says.
+    """
+    from spamops_cli.stack.secrets import is_secure_state
+
+    settings = PlatformSettings()
+    if secure is True or (
+        secure is None
+        and not settings.kafka_secure
+        and "SPAMOPS_KAFKA_SECURITY_PROTOCOL" not in os.environ
+        and is_secure_state(settings)
+    ):
+        settings = settings.model_copy(update={"kafka_security_protocol": "SASL_PLAINTEXT"})
+    elif secure is False:
+        settings = settings.model_copy(update={"kafka_security_protocol": "PLAINTEXT"})
+    return settings
+
+
 def _settings() -> PlatformSettings:
-    return PlatformSettings()
+    """Settings of the user commands: Kafka credentials come from the environment."""
+    settings = _platform()
+    if settings.kafka_secure and not settings.kafka_sasl_username:
+        from spamops_cli.stack.secrets import password_file
+
+        raise _fail(
+            "Kafka needs SASL credentials: set SPAMOPS_KAFKA_SASL_USERNAME and "
+            "SPAMOPS_KAFKA_SASL_PASSWORD_FILE (or SPAMOPS_KAFKA_SASL_PASSWORD); on the local "
+            "secure stack e.g. operator and "
+            f"{password_file(settings, 'operator')} (approver for `spamops approve`)",
+            2,
+        )
+    return settings
+
+
+def _admin_settings(secure: bool | None = None) -> PlatformSettings:
+    """Settings of the stack and overview commands: the local admin when secure.
+
+    Credentials from the environment win; else the secure local stack's admin.
+    """
+    from spamops_runtime.acl import ADMIN
+
+    from spamops_cli.stack.secrets import as_local_user, password_file
+
+    settings = _platform(secure)
+    if (
+        settings.kafka_secure
+        and not settings.kafka_sasl_username
+        and password_file(settings, ADMIN).is_file()
+    ):
+        settings = as_local_user(settings, ADMIN)
+    return settings
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -51,16 +103,36 @@ def up(
     only: Annotated[
         list[str] | None, typer.Option(help="Start only these components (repeatable).")
     ] = None,
+    secure: Annotated[
+        bool | None,
+        typer.Option(
+            "--secure/--no-secure",
+            help="Kafka with SASL/SCRAM users and ACLs (one principal per service); "
+            "default: as this state directory was last started (plain for a new one).",
+        ),
+    ] = None,
 ) -> None:
     """Install what is missing and start Kafka, Redis, MLflow, Triton and the services."""
     from spamops_cli import stack
+    from spamops_cli.stack.secrets import password_file, set_secure_state
 
-    settings = _settings()
+    settings = _admin_settings(secure)
+    if secure is False:
+        set_secure_state(settings, False)
     try:
         stack.up(settings, fresh=fresh, components=only)
     except stack.StackError as exc:
         raise _fail(str(exc)) from exc
     _print_status(settings)
+    if settings.kafka_secure:
+        console.print(
+            "Kafka: SASL/SCRAM and ACLs on. User commands take credentials from the "
+            "environment, e.g.\n"
+            f"  export SPAMOPS_KAFKA_SASL_USERNAME=operator "
+            f"SPAMOPS_KAFKA_SASL_PASSWORD_FILE={password_file(settings, 'operator')}\n"
+            f"  (approver: {password_file(settings, 'approver')}; "
+            f"admin: {password_file(settings, 'admin')})"
+        )
 
 
 @app.command()
@@ -68,7 +140,7 @@ def down() -> None:
     """Stop what `spamops up` started (data is kept)."""
     from spamops_cli import stack
 
-    stack.down(_settings())
+    stack.down(_admin_settings())
     console.print("stack stopped")
 
 
@@ -82,7 +154,7 @@ def status(
     """One screen: components, model versions and aliases, Triton, lag, dead letters, events."""
     from spamops_cli.overview import overview
 
-    settings = _settings()
+    settings = _admin_settings()
     if as_json:
         print(json.dumps(overview(settings).as_dict(), indent=2, default=str))
         return

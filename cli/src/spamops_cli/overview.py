@@ -65,8 +65,9 @@ async def _kafka(settings: PlatformSettings, view: Overview) -> None:
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    sasl = settings.kafka_client_options()
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **sasl)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, **sasl)
     await admin.start()
     await consumer.start()
     try:

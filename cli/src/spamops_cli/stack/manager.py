@@ -8,12 +8,10 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 from spamops_runtime.settings import PlatformSettings
 
-from spamops_cli.stack.aio import run_sync
 from spamops_cli.stack.component import Component
 from spamops_cli.stack.kafka_broker import Kafka
 from spamops_cli.stack.mlflow_server import MLflow
@@ -33,7 +31,6 @@ from spamops_cli.stack.process import (
 )
 from spamops_cli.stack.redis_server import Redis
 from spamops_cli.stack.services import SERVICES, Service
-from spamops_cli.stack.topics import ensure_topics_async
 from spamops_cli.stack.triton_server import Triton
 
 logger = logging.getLogger(__name__)
@@ -118,8 +115,9 @@ def up(
             for component in wave:
                 _wait_ready(component, started.get(component.name))
                 if isinstance(component, Kafka):
-                    # The local broker, even if SPAMOPS_KAFKA_BOOTSTRAP_SERVERS points elsewhere.
-                    run_sync(partial(ensure_topics_async, component.endpoint()))
+                    # The local broker, even if SPAMOPS_KAFKA_BOOTSTRAP_SERVERS points elsewhere:
+                    # topics (and, with --secure, the ACLs) as the stack's admin.
+                    component.after_ready()
 
 
 def _start(component: Component) -> None:

@@ -13,8 +13,17 @@ import sys
 from typing import ClassVar
 
 import httpx
+from spamops_runtime.acl import service_principal
 
+from spamops_cli.stack import secrets
 from spamops_cli.stack.component import Component
+
+# Kafka credentials a service must not inherit from the shell that ran `spamops up`.
+_KAFKA_CREDENTIALS = (
+    "SPAMOPS_KAFKA_SASL_USERNAME",
+    "SPAMOPS_KAFKA_SASL_PASSWORD",
+    "SPAMOPS_KAFKA_SASL_PASSWORD_FILE",
+)
 
 
 class Service(Component):
@@ -49,10 +58,24 @@ class Service(Component):
         """The service's entry point in the interpreter running the CLI (the workspace venv)."""
         return [sys.executable, "-m", self.module]
 
+    @property
+    def principal(self) -> str:
+        """The service's own Kafka user (``spamops-<name>``) on a secure stack."""
+        return service_principal(self.name)
+
     def env(self) -> dict[str, str]:
-        """The caller's environment plus the stack's settings, which win."""
+        """The caller's environment plus the stack's settings, which win.
+
+        On a secure stack the service gets its own principal and the path of its
+        password file (SPAMOPS_KAFKA_SASL_PASSWORD_FILE), never a password.
+        """
         env = super().env()
-        env.update(self.settings.to_env())
+        for name in _KAFKA_CREDENTIALS:
+            env.pop(name, None)
+        settings = self.settings
+        if settings.kafka_secure:
+            settings = secrets.as_local_user(settings, self.principal)
+        env.update(settings.to_env())
         env["PYTHONUNBUFFERED"] = "1"
         return env
 

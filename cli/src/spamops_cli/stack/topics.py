@@ -1,14 +1,17 @@
-"""Create the topic catalogue (and every dead-letter twin) on a Kafka cluster."""
+"""Create the topic catalogue (and every dead-letter twin) and the ACLs on a Kafka cluster."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.protocol.admin import CreateAclsRequest
+from spamops_runtime.acl import ALLOW, AclRule, acl_rules
 from spamops_runtime.settings import PlatformSettings
 from spamops_schemas.topics import all_topic_names, catalogue
 
@@ -40,7 +43,10 @@ def ensure_topics(
     Returns the names of the topics created.
     """
     bootstrap = settings.kafka_bootstrap
-    return run_sync(lambda: ensure_topics_async(bootstrap, replication_factor, timeout))
+    options = settings.kafka_client_options()
+    return run_sync(
+        lambda: ensure_topics_async(bootstrap, replication_factor, timeout, client_options=options)
+    )
 
 
 def _errors(response: Any, key: str) -> list[tuple[str, int, str]]:
@@ -67,13 +73,22 @@ def _raise_or_retry(errors: list[tuple[str, int, str]], action: str) -> bool:
 
 
 async def ensure_topics_async(
-    bootstrap: str, replication_factor: int = 1, within_s: float = 60.0
+    bootstrap: str,
+    replication_factor: int = 1,
+    within_s: float = 60.0,
+    *,
+    client_options: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """Async body of :func:`ensure_topics` against ``bootstrap``."""
+    """Async body of :func:`ensure_topics` against ``bootstrap``.
+
+    ``client_options``: aiokafka SASL options (``PlatformSettings.kafka_client_options``).
+    """
     wanted = wanted_partitions()
     created: list[str] = []
     deadline = time.monotonic() + within_s
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=15000, **dict(client_options or {})
+    )
     await admin.start()
     try:
         while True:
@@ -117,3 +132,44 @@ async def ensure_topics_async(
     if created:
         logger.info("kafka: created %d topics", len(created))
     return created
+
+
+async def ensure_acls_async(
+    bootstrap: str,
+    client_options: Mapping[str, Any],
+    rules: Iterable[AclRule] | None = None,
+) -> int:
+    """Create the ALLOW ACLs of ``rules`` (default: the ACL table); idempotent.
+
+    Kafka treats an existing binding as created, so this runs at every start.
+    ``client_options`` must authenticate a super user. Returns how many were sent.
+    """
+    wanted = list(acl_rules() if rules is None else rules)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=15000, **dict(client_options)
+    )
+    await admin.start()
+    try:
+        for rule in wanted:
+            request = CreateAclsRequest(
+                int(rule.resource_type),
+                rule.resource,
+                int(rule.pattern),
+                rule.kafka_principal,
+                "*",
+                int(rule.operation),
+                ALLOW,
+            )
+            response = await admin._send_request(request)  # no public API in 0.14
+            for item in response.to_object()["creation_responses"]:
+                code = int(item["error_code"])
+                if code:
+                    error = for_code(code)
+                    raise StackError(
+                        f"kafka: creating ACL {rule} failed: {error.__name__} "
+                        f"{item.get('error_message') or ''}"
+                    )
+    finally:
+        await admin.close()
+    logger.info("kafka: %d ACLs in place", len(wanted))
+    return len(wanted)

@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.security import SASLScram512
 from spamops_schemas import Event, EventDecodeError, decode_event, topic_for_event
 
 from spamops_runtime.logs import log_context
@@ -90,7 +91,9 @@ def make_broker(platform: PlatformSettings, *, client_id: str, **kwargs: Any) ->
     """A FastStream Kafka broker for ``platform``'s cluster.
 
     Producers wait for all in-sync replicas and are idempotent, so a retried
-    send cannot duplicate or reorder what a handler publishes.
+    send cannot duplicate or reorder what a handler publishes. With
+    ``kafka_security_protocol=SASL_PLAINTEXT`` the broker authenticates with
+    SCRAM-SHA-512 as ``kafka_sasl_username`` (see ``PlatformSettings.kafka_client_options``).
     """
     options: dict[str, Any] = {
         "client_id": client_id,
@@ -99,6 +102,9 @@ def make_broker(platform: PlatformSettings, *, client_id: str, **kwargs: Any) ->
         "graceful_timeout": 30.0,
         "logger": logging.getLogger(f"spamops.kafka.{client_id}"),
     }
+    sasl = platform.kafka_client_options()
+    if sasl:
+        options["security"] = SASLScram512(sasl["sasl_plain_username"], sasl["sasl_plain_password"])
     options.update(kwargs)
     return KafkaBroker(platform.kafka_bootstrap, **options)
 

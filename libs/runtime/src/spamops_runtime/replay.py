@@ -30,7 +30,9 @@ class ReadRecord:
 
 async def topic_partitions(settings: PlatformSettings, topic: str) -> list[int]:
     """The partition ids of ``topic`` (empty if it does not exist)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, **settings.kafka_client_options()
+    )
     await admin.start()
     try:
         described = await admin.describe_topics([topic])
@@ -64,6 +66,7 @@ async def read_topic(
         client_id=client_id,
         enable_auto_commit=False,
         group_id=None,
+        **settings.kafka_client_options(),
     )
     await consumer.start()
     try:

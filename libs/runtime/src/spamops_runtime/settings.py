@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Where each service serves /metrics (and its readiness gauge) by default.
@@ -22,6 +22,14 @@ DEFAULT_SERVICE_PORTS: dict[str, int] = {
     "inference": 9103,
     "monitor": 9104,
 }
+
+
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SASL_PLAINTEXT"]
+SASL_MECHANISM: Literal["SCRAM-SHA-512"] = "SCRAM-SHA-512"
+
+
+class KafkaCredentialsError(ValueError):
+    """SASL is on but the username or password is missing or unreadable."""
 
 
 class PlatformSettings(BaseSettings):
@@ -60,6 +68,20 @@ class PlatformSettings(BaseSettings):
         description="Cache of the downloaded corpus (default <home>/cache/corpus); "
         "several state directories may share one.",
     )
+    kafka_security_protocol: KafkaSecurityProtocol = Field(
+        default="PLAINTEXT",
+        description="PLAINTEXT, or SASL_PLAINTEXT for SCRAM authentication and ACLs.",
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512"] = SASL_MECHANISM
+    kafka_sasl_username: str | None = Field(
+        default=None, description="SASL user (principal), e.g. spamops-trainer."
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password; prefer kafka_sasl_password_file."
+    )
+    kafka_sasl_password_file: Path | None = Field(
+        default=None, description="File holding the SASL password (wins over the variable)."
+    )
     model_name: str = Field(default="spam-detector", description="MLflow registered model.")
     log_level: str = Field(default="INFO")
     log_format: str = Field(default="json", description="json or text.")
@@ -80,6 +102,60 @@ class PlatformSettings(BaseSettings):
     def kafka_bootstrap(self) -> str:
         """Kafka bootstrap servers for clients."""
         return self.kafka_bootstrap_servers or f"{self.host}:{self.kafka_port}"
+
+    @property
+    def kafka_secure(self) -> bool:
+        """Whether clients authenticate to Kafka (SASL/SCRAM)."""
+        return self.kafka_security_protocol != "PLAINTEXT"
+
+    def kafka_password(self) -> str | None:
+        """The SASL password: the file's content (stripped) if a file is set, else the variable."""
+        if self.kafka_sasl_password_file is not None:
+            try:
+                return self.kafka_sasl_password_file.expanduser().read_text("utf-8").strip()
+            except OSError as exc:
+                raise KafkaCredentialsError(
+                    f"cannot read the Kafka password file {self.kafka_sasl_password_file}: "
+                    f"{exc.strerror}"
+                ) from None
+        if self.kafka_sasl_password is not None:
+            return self.kafka_sasl_password.get_secret_value()
+        return None
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """aiokafka keyword arguments that authenticate a client (empty for PLAINTEXT).
+
+        The one place every aiokafka client of the platform gets them from
+        (``make_broker`` turns them into FastStream's ``security=``).
+        """
+        if not self.kafka_secure:
+            return {}
+        password = self.kafka_password()
+        if not self.kafka_sasl_username or not password:
+            raise KafkaCredentialsError(
+                f"SPAMOPS_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "SPAMOPS_KAFKA_SASL_USERNAME and SPAMOPS_KAFKA_SASL_PASSWORD_FILE "
+                "(or SPAMOPS_KAFKA_SASL_PASSWORD)"
+            )
+        return {
+            "security_protocol": self.kafka_security_protocol,
+            "sasl_mechanism": self.kafka_sasl_mechanism,
+            "sasl_plain_username": self.kafka_sasl_username,
+            "sasl_plain_password": password,
+        }
+
+    def as_kafka_user(self, username: str, password_file: Path) -> PlatformSettings:
+        """These settings, authenticating to Kafka as ``username`` with the password in a file."""
+        return self.model_copy(
+            update={
+                "kafka_security_protocol": "SASL_PLAINTEXT"
+                if not self.kafka_secure
+                else self.kafka_security_protocol,
+                "kafka_sasl_username": username,
+                "kafka_sasl_password": None,
+                "kafka_sasl_password_file": password_file,
+            }
+        )
 
     @property
     def redis(self) -> str:
@@ -104,9 +180,10 @@ class PlatformSettings(BaseSettings):
     def to_env(self) -> dict[str, str]:
         """SPAMOPS_* variables that make ``PlatformSettings()`` in a child process equal this.
 
-        The endpoints are written resolved, so overrides survive the hop.
+        The endpoints are written resolved, so overrides survive the hop. A Kafka
+        password travels as its file's path; in clear only when there is no file.
         """
-        return {
+        env = {
             "SPAMOPS_HOME": str(self.state_dir),
             "SPAMOPS_HOST": self.host,
             "SPAMOPS_KAFKA_PORT": str(self.kafka_port),
@@ -126,7 +203,18 @@ class PlatformSettings(BaseSettings):
             "SPAMOPS_LOG_LEVEL": self.log_level,
             "SPAMOPS_LOG_FORMAT": self.log_format,
             "SPAMOPS_CORPUS_CACHE": str(self.corpus_cache_dir),
+            "SPAMOPS_KAFKA_SECURITY_PROTOCOL": self.kafka_security_protocol,
+            "SPAMOPS_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,
         }
+        if self.kafka_sasl_username is not None:
+            env["SPAMOPS_KAFKA_SASL_USERNAME"] = self.kafka_sasl_username
+        if self.kafka_sasl_password_file is not None:
+            env["SPAMOPS_KAFKA_SASL_PASSWORD_FILE"] = str(
+                self.kafka_sasl_password_file.expanduser().resolve()
+            )
+        elif self.kafka_sasl_password is not None:
+            env["SPAMOPS_KAFKA_SASL_PASSWORD"] = self.kafka_sasl_password.get_secret_value()
+        return env
 
 
 class ServiceSettings(BaseSettings):

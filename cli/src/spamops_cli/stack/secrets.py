@@ -1,0 +1,83 @@
+"""Kafka credentials of the secure local stack (``spamops up --secure``).
+
+One random password per principal of the ACL table (and the admin), each in
+``<state>/secrets/<principal>.password`` with mode 0600 in a 0700 directory,
+created once and kept across ``down``/``up`` (Kafka's storage is formatted with
+them). The file ``<state>/secrets/secure`` marks a state directory whose
+Kafka runs with SASL/SCRAM and ACLs, so later commands know without a flag.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from spamops_runtime.acl import ADMIN, principals
+from spamops_runtime.settings import PlatformSettings
+
+# Name of the file of the controller listener's static PLAIN password (not a password).
+CONTROLLER_SECRET = "kafka-controller"  # noqa: S105
+MARKER = "secure"
+
+
+def secrets_dir(settings: PlatformSettings) -> Path:
+    """``<state>/secrets``."""
+    return settings.state_dir / "secrets"
+
+
+def password_file(settings: PlatformSettings, principal: str) -> Path:
+    """Where the password of ``principal`` is kept."""
+    return secrets_dir(settings) / f"{principal}.password"
+
+
+def is_secure_state(settings: PlatformSettings) -> bool:
+    """Whether this state directory's stack was started with ``--secure``."""
+    return (secrets_dir(settings) / MARKER).is_file()
+
+
+def set_secure_state(settings: PlatformSettings, secure: bool) -> None:
+    """Write or remove the marker (the passwords are kept either way)."""
+    marker = secrets_dir(settings) / MARKER
+    if secure:
+        _private_dir(secrets_dir(settings))
+        marker.write_text("SASL_PLAINTEXT\n")
+    else:
+        marker.unlink(missing_ok=True)
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a new file readable by its owner only (never world-readable)."""
+    _private_dir(path.parent)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    tmp.replace(path)
+
+
+def ensure_passwords(settings: PlatformSettings) -> dict[str, Path]:
+    """Every principal's password file (created when missing), by principal name."""
+    files: dict[str, Path] = {}
+    for name in (*principals(), CONTROLLER_SECRET):
+        path = password_file(settings, name)
+        if not path.is_file():
+            write_private(path, secrets.token_urlsafe(24) + "\n")
+        files[name] = path
+    return files
+
+
+def read_password(settings: PlatformSettings, principal: str) -> str:
+    """The password of ``principal`` (OSError if it was never generated)."""
+    return password_file(settings, principal).read_text("utf-8").strip()
+
+
+def as_local_user(settings: PlatformSettings, principal: str = ADMIN) -> PlatformSettings:
+    """``settings`` authenticating to the local Kafka as ``principal`` (its password file)."""
+    return settings.as_kafka_user(principal, password_file(settings, principal))
