@@ -1,0 +1,220 @@
+"""Least privilege without a broker: the ACL table, credentials in settings, the stack's wiring."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from spamops_cli.stack.kafka_broker import Kafka
+from spamops_cli.stack.paths import StackPaths
+from spamops_cli.stack.secrets import ensure_passwords, password_file, read_password
+from spamops_cli.stack.services import SERVICES
+from spamops_runtime.acl import (
+    ACCESS,
+    ADMIN,
+    APPROVER,
+    Operation,
+    PatternType,
+    ResourceType,
+    acl_rules,
+    principals,
+    service_principal,
+    writers_of,
+)
+from spamops_runtime.acl import (
+    SERVICES as ACL_SERVICES,
+)
+from spamops_runtime.kafka import make_broker
+from spamops_runtime.settings import KafkaCredentialsError, PlatformSettings
+from spamops_schemas.topics import PROMOTION_APPROVED, all_topic_names
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _secure(tmp_path: Path, **kwargs: object) -> PlatformSettings:
+    return PlatformSettings(home=tmp_path, kafka_security_protocol="SASL_PLAINTEXT", **kwargs)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ the table
+def test_only_the_approver_may_write_promotion_approvals() -> None:
+    assert writers_of(PROMOTION_APPROVED) == [APPROVER]
+
+
+def test_every_rule_names_a_catalogue_topic_or_the_principals_group() -> None:
+    topics = set(all_topic_names())
+    for rule in acl_rules():
+        assert rule.principal in principals() and rule.principal != ADMIN
+        if rule.resource_type is ResourceType.TOPIC:
+            assert rule.resource in topics and rule.pattern is PatternType.LITERAL
+        else:  # consumer groups: the principal's own prefix, Read only
+            assert rule.resource_type is ResourceType.GROUP
+            assert (rule.resource, rule.pattern) == (rule.principal, PatternType.PREFIXED)
+            assert rule.operation is Operation.READ
+
+
+def test_no_principal_gets_cluster_or_wildcard_rights() -> None:
+    assert all(r.resource_type is not ResourceType.CLUSTER for r in acl_rules())
+    assert all("*" not in r.resource for r in acl_rules())
+
+
+@pytest.mark.parametrize("service", ACL_SERVICES)
+def test_the_table_matches_what_each_service_really_reads_and_writes(service: str) -> None:
+    """Compared with the service's AsyncAPI document (generated from its FastStream app)."""
+    doc = json.loads((REPO / "docs" / "asyncapi" / f"{service}.json").read_text())
+    channels = {name: ch["address"] for name, ch in doc["channels"].items()}
+    received = {
+        channels[op["channel"]["$ref"].rsplit("/", 1)[-1]]
+        for op in doc["operations"].values()
+        if op["action"] == "receive"
+    }
+    sent = {
+        channels[op["channel"]["$ref"].rsplit("/", 1)[-1]]
+        for op in doc["operations"].values()
+        if op["action"] == "send"
+    }
+    row = ACCESS[service_principal(service)]
+    assert set(row.consumes) == received
+    assert set(row.produces) == sent
+
+
+def test_each_service_may_dead_letter_what_it_consumes() -> None:
+    for service in ACL_SERVICES:
+        principal = service_principal(service)
+        writes = {
+            r.resource
+            for r in acl_rules()
+            if r.principal == principal and r.operation is Operation.WRITE
+        }
+        for topic in ACCESS[principal].consumes:
+            assert topic + ".dlq" in writes
+
+
+def test_group_prefixes_are_the_services_default_group_ids() -> None:
+    from spamops_inference.settings import InferenceSettings
+    from spamops_monitor.settings import MonitorSettings
+    from spamops_registry_bridge.settings import RegistryBridgeSettings
+    from spamops_trainer.settings import TrainerSettings
+
+    for cls, service in (
+        (TrainerSettings, "trainer"),
+        (RegistryBridgeSettings, "registry-bridge"),
+        (InferenceSettings, "inference"),
+        (MonitorSettings, "monitor"),
+    ):
+        assert cls.model_fields["group_id"].default == service_principal(service)
+
+
+# ------------------------------------------------------------ credentials
+def test_plaintext_is_the_default_and_needs_nothing() -> None:
+    settings = PlatformSettings(kafka_security_protocol="PLAINTEXT")
+    assert settings.kafka_client_options() == {}
+    assert settings.to_env()["SPAMOPS_KAFKA_SECURITY_PROTOCOL"] == "PLAINTEXT"
+
+
+def test_secure_settings_read_the_password_file(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret-from-file\n")
+    settings = _secure(
+        tmp_path,
+        kafka_sasl_username="approver",
+        kafka_sasl_password=SecretStr("in-the-env"),
+        kafka_sasl_password_file=secret,
+    )
+    assert settings.kafka_client_options() == {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "approver",
+        "sasl_plain_password": "s3cret-from-file",
+    }
+    env = settings.to_env()
+    assert env["SPAMOPS_KAFKA_SASL_PASSWORD_FILE"] == str(secret)
+    assert "SPAMOPS_KAFKA_SASL_PASSWORD" not in env
+    text = repr(settings) + str(settings) + json.dumps(env)
+    assert "s3cret" not in text and "in-the-env" not in text
+
+
+def test_secure_settings_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPAMOPS_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("SPAMOPS_KAFKA_SASL_USERNAME", "operator")
+    monkeypatch.setenv("SPAMOPS_KAFKA_SASL_PASSWORD", "pw-in-env")
+    settings = PlatformSettings()
+    assert settings.kafka_secure
+    assert settings.kafka_client_options()["sasl_plain_password"] == "pw-in-env"
+    assert "pw-in-env" not in repr(settings)
+    # No file: the child gets the variable itself, the only way it can authenticate.
+    assert settings.to_env()["SPAMOPS_KAFKA_SASL_PASSWORD"] == "pw-in-env"
+
+
+def test_missing_credentials_are_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(KafkaCredentialsError, match="SPAMOPS_KAFKA_SASL_USERNAME"):
+        _secure(tmp_path).kafka_client_options()
+    missing = _secure(tmp_path, kafka_sasl_username="x", kafka_sasl_password_file=tmp_path / "nope")
+    with pytest.raises(KafkaCredentialsError, match="cannot read"):
+        missing.kafka_client_options()
+
+
+def test_the_broker_authenticates_with_scram_512(tmp_path: Path) -> None:
+    from faststream.security import SASLScram512
+
+    secret = tmp_path / "pw"
+    secret.write_text("pw\n")
+    settings = _secure(tmp_path, kafka_sasl_username="spamops-trainer")
+    settings = settings.as_kafka_user("spamops-trainer", secret)
+    broker = make_broker(settings, client_id="t")
+    security = broker.specification.security
+    assert isinstance(security, SASLScram512)
+    assert security.username == "spamops-trainer"
+
+
+# ------------------------------------------------------------ the local stack
+def test_passwords_are_random_private_files(tmp_path: Path) -> None:
+    settings = _secure(tmp_path)
+    files = ensure_passwords(settings)
+    assert set(principals()) <= set(files)
+    assert stat.S_IMODE(files[ADMIN].parent.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files.values())
+    values = {read_password(settings, name) for name in files}
+    assert len(values) == len(files)
+    assert ensure_passwords(settings) == files  # kept, not regenerated
+    assert {read_password(settings, name) for name in files} == values
+
+
+def test_secure_kafka_properties(tmp_path: Path) -> None:
+    settings = _secure(tmp_path)
+    ensure_passwords(settings)
+    kafka = Kafka(settings, StackPaths.from_settings(settings))
+    props = dict(line.split("=", 1) for line in kafka._properties().splitlines() if "=" in line)
+    assert props["authorizer.class.name"].endswith("StandardAuthorizer")
+    assert props["super.users"] == "User:admin"
+    assert props["allow.everyone.if.no.acl.found"] == "false"
+    assert props["listener.security.protocol.map"] == (
+        "CONTROLLER:SASL_PLAINTEXT,CLIENT:SASL_PLAINTEXT"
+    )
+    assert props["listeners"].startswith("CLIENT://127.0.0.1:")
+    assert "ANONYMOUS" not in kafka._properties()
+    plain = Kafka(PlatformSettings(home=tmp_path), StackPaths.from_settings(settings))
+    assert "authorizer" not in plain._properties()
+
+
+def test_each_service_gets_its_own_principal_and_only_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPAMOPS_KAFKA_SASL_USERNAME", "admin")
+    monkeypatch.setenv("SPAMOPS_KAFKA_SASL_PASSWORD", "the-admins-password")
+    settings = _secure(tmp_path)
+    for cls in SERVICES:
+        env = cls(settings, StackPaths.from_settings(settings)).env()
+        assert env["SPAMOPS_KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+        assert env["SPAMOPS_KAFKA_SASL_USERNAME"] == service_principal(cls.name)
+        assert env["SPAMOPS_KAFKA_SASL_PASSWORD_FILE"] == str(
+            password_file(settings, service_principal(cls.name))
+        )
+        assert "SPAMOPS_KAFKA_SASL_PASSWORD" not in env
+    plain = PlatformSettings(home=tmp_path, kafka_sasl_username=None, kafka_sasl_password=None)
+    env = SERVICES[0](plain, StackPaths.from_settings(plain)).env()
+    assert "SPAMOPS_KAFKA_SASL_USERNAME" not in env
