@@ -7,7 +7,12 @@ One source each, so compose, Kubernetes and the images cannot drift apart:
   topic and its ``.dlq`` twin, same partitions);
 - ``SERVICES`` below plus the services' settings give the four Dockerfiles and
   the Kubernetes manifests of the four services (Deployment, Service, HPA,
-  PodDisruptionBudget, NetworkPolicy, ServiceMonitor).
+  PodDisruptionBudget, NetworkPolicy, ServiceMonitor);
+- the ACL table (``libs/runtime/src/spamops_runtime/acl.py``) gives the Kafka
+  users and ACLs: Strimzi ``KafkaUser`` resources, and for compose the secure
+  broker's start script, the ACL-init script, the password generator and each
+  service's env file (its principal and password file). The same table drives
+  ``spamops up --secure``.
 
 ``python -m deploy.generate --check`` exits 1 when a committed file differs from
 what the generator writes (the tests run the same comparison).
@@ -17,13 +22,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from spamops_runtime.settings import DEFAULT_SERVICE_PORTS
+from spamops_runtime.acl import (
+    ADMIN,
+    Operation,
+    PatternType,
+    ResourceType,
+    acl_rules,
+    principals,
+    service_principal,
+)
+from spamops_runtime.settings import DEFAULT_SERVICE_PORTS, SASL_MECHANISM
 from spamops_schemas.topics import catalogue
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +56,25 @@ CONTAINER_HOME = "/var/lib/spamops"
 APP_UID = 10001
 
 KAFKA_CLUSTER = "spamops"  # Strimzi Kafka name -> spamops-kafka-bootstrap:9092
+
+# Kafka credentials. Compose: one secret per principal, kafka_<principal>, from
+# deploy/compose/secrets/<principal>.password (make-secrets.sh writes them).
+# Kubernetes: the Strimzi User Operator writes a Secret per KafkaUser (key
+# "password"), mounted as a file into the service's pod.
+ACL_SOURCE = "libs/runtime/src/spamops_runtime/acl.py"
+CONTROLLER_SECRET = "kafka-controller"  # noqa: S105 (a file name: the controller's PLAIN password)
+COMPOSE_SECRETS = "deploy/compose/secrets"
+COMPOSE_CLUSTER_ID = "5L6g3nShT-eMCtK--X86sw"  # the apache/kafka image's default
+K8S_KAFKA_SECRET_DIR = "/var/run/secrets/spamops/kafka"  # noqa: S105 (a directory)
+JAAS_SCRAM = "org.apache.kafka.common.security.scram.ScramLoginModule"
+JAAS_PLAIN = "org.apache.kafka.common.security.plain.PlainLoginModule"
+
+
+def compose_secret(principal: str) -> str:
+    """The compose secret holding ``principal``'s password (/run/secrets/<name>)."""
+    return f"kafka_{principal}"
+
+
 RAY_HEAD_SERVICE = "spamops-ray-head-svc"
 
 
@@ -144,8 +179,26 @@ def all_topics() -> list[tuple[str, int]]:
     return topics + [(t.dlq, t.partitions) for t in catalogue()]
 
 
+def _admin_client_config_lines() -> list[str]:
+    """Shell lines writing $CONFIG: a client config authenticating as the admin."""
+    return [
+        'BIN="${KAFKA_BIN:-/opt/kafka/bin}"',
+        f'ADMIN_PASSWORD_FILE="${{ADMIN_PASSWORD_FILE:-/run/secrets/{compose_secret(ADMIN)}}}"',
+        "umask 077",
+        'CONFIG="$(mktemp)"',
+        "trap 'rm -f \"$CONFIG\"' EXIT",
+        "{",
+        "  echo security.protocol=SASL_PLAINTEXT",
+        f"  echo sasl.mechanism={SASL_MECHANISM}",
+        f'  printf \'sasl.jaas.config={JAAS_SCRAM} required username="{ADMIN}" '
+        'password="%s";\\n\' \\',
+        '    "$(tr -d \'\\n\' < "$ADMIN_PASSWORD_FILE")"',
+        '} > "$CONFIG"',
+    ]
+
+
 def compose_topics_script() -> str:
-    """The compose topic-init job: idempotent kafka-topics.sh calls."""
+    """The compose topic-init job: idempotent kafka-topics.sh calls, as the admin."""
     lines = [
         "#!/bin/sh",
         "# " + HEADER.format(source="schemas/src/spamops_schemas/topics.json"),
@@ -153,8 +206,9 @@ def compose_topics_script() -> str:
         "set -eu",
         'BOOTSTRAP="${KAFKA_BOOTSTRAP:-kafka:19092}"',
         'RF="${TOPIC_REPLICATION_FACTOR:-1}"',
+        *_admin_client_config_lines(),
         "create() {",
-        '  /opt/kafka/bin/kafka-topics.sh --bootstrap-server "$BOOTSTRAP" \\',
+        '  "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$CONFIG" \\',
         "    --create --if-not-exists \\",
         '    --topic "$1" --partitions "$2" --replication-factor "$RF"',
         "}",
@@ -186,6 +240,205 @@ def kafka_topics_yaml() -> str:
             }
         )
     return _yaml_docs(docs, "schemas/src/spamops_schemas/topics.json")
+
+
+# --------------------------------------------------------------------------- kafka users
+
+
+_AclGroup = tuple[str, ResourceType, PatternType, tuple[Operation, ...]]
+
+
+def acl_commands() -> list[list[str]]:
+    """kafka-acls.sh arguments for the ACL table.
+
+    One call per principal, resource type, pattern and set of operations (each
+    call starts a JVM, so resources sharing them go together).
+    """
+    ops: dict[tuple[str, ResourceType, PatternType, str], set[Operation]] = defaultdict(set)
+    for rule in acl_rules():
+        ops[(rule.principal, rule.resource_type, rule.pattern, rule.resource)].add(rule.operation)
+    grouped: dict[_AclGroup, list[str]] = defaultdict(list)
+    for (principal, kind, pattern, resource), allowed in sorted(ops.items()):
+        grouped[(principal, kind, pattern, tuple(sorted(allowed)))].append(resource)
+    commands = []
+    for (principal, kind, pattern, operations), resources in grouped.items():
+        args = ["--allow-principal", f"User:{principal}"]
+        for operation in operations:
+            args += ["--operation", operation.name.capitalize()]
+        flag = "--topic" if kind is ResourceType.TOPIC else "--group"
+        for resource in resources:
+            args += [flag, resource]
+        args += ["--resource-pattern-type", pattern.name.lower()]
+        commands.append(args)
+    return commands
+
+
+def compose_acls_script() -> str:
+    """The compose acl-init job: the ACL table through kafka-acls.sh, as the admin."""
+    lines = [
+        "#!/bin/sh",
+        "# " + HEADER.format(source=ACL_SOURCE),
+        "# Runs once in the apache/kafka image (docker-compose.yml, service acl-init);",
+        "# adding an ACL that exists is a no-op, so it may run again.",
+        "set -eu",
+        'BOOTSTRAP="${KAFKA_BOOTSTRAP:-kafka:19092}"',
+        *_admin_client_config_lines(),
+        "acl() {",
+        '  "$BIN/kafka-acls.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$CONFIG" \\',
+        '    --add --force "$@" >/dev/null',
+        "}",
+    ]
+    lines += ["acl " + shlex.join(args) for args in acl_commands()]
+    lines.append('echo "ACLs ready"')
+    return "\n".join(lines) + "\n"
+
+
+def compose_secrets_script() -> str:
+    """Creates the compose Kafka passwords once (run on the host before `up`)."""
+    names = " ".join([*principals(), CONTROLLER_SECRET])
+    return f"""#!/bin/sh
+# {HEADER.format(source=ACL_SOURCE)}
+# Writes one random password per Kafka principal into {COMPOSE_SECRETS}/<name>.password
+# (kept if present). The directory is private (0700); the files are 0644 because
+# compose bind-mounts them unchanged into containers running as other users, and
+# each container gets only its own (secrets: in docker-compose.yml).
+set -eu
+cd "$(dirname "$0")/../.."
+DIR={COMPOSE_SECRETS}
+mkdir -p "$DIR" && chmod 700 "$DIR"
+for name in {names}; do
+  file="$DIR/$name.password"
+  [ -s "$file" ] && continue
+  (umask 022 && head -c 48 /dev/urandom | base64 | tr -d '/+=\\n' | cut -c1-32 > "$file")
+done
+echo "Kafka passwords in $DIR"
+"""
+
+
+def compose_kafka_script() -> str:
+    """Start of the compose broker: SASL listeners, authorizer, SCRAM users at format time."""
+    users = " ".join(principals())
+    internal_jaas = f'{JAAS_SCRAM} required username="{ADMIN}" password="$(pw {ADMIN})";'
+    controller = f"$(pw {CONTROLLER_SECRET})"
+    controller_jaas = (
+        f'{JAAS_PLAIN} required username="{ADMIN}" password="{controller}" '
+        f'user_{ADMIN}="{controller}";'
+    )
+    return f"""#!/bin/sh
+# {HEADER.format(source=ACL_SOURCE)}
+# Entry point of the kafka service (apache/kafka image): writes server.properties
+# with SASL/SCRAM-SHA-512 listeners, the StandardAuthorizer and the admin as the
+# only super user; formats the storage once with every principal's SCRAM user
+# (passwords from /run/secrets, passed in a 0600 java @argfile, not on the
+# command line); then runs the broker. The controller listener takes SASL PLAIN
+# with a static password only the broker knows.
+set -eu
+S="${{KAFKA_SECRETS:-/run/secrets}}"
+DATA="${{KAFKA_DATA:-/var/lib/kafka/data}}"
+KAFKA_HOME="${{KAFKA_HOME:-/opt/kafka}}"
+TMP="${{TMPDIR:-/tmp}}"
+pw() {{ tr -d '\\n' < "$S/kafka_$1"; }}
+umask 077
+CONF="$TMP/server.properties"
+cat > "$CONF" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@${{KAFKA_CONTROLLER:-kafka:9093}}
+listeners=${{KAFKA_LISTENERS:-INTERNAL://:19092,CONTROLLER://:9093,EXTERNAL://:9092}}
+advertised.listeners=${{KAFKA_ADVERTISED:-INTERNAL://kafka:19092,EXTERNAL://localhost:9092}}
+listener.security.protocol.map=INTERNAL:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT,EXTERNAL:SASL_PLAINTEXT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=INTERNAL
+sasl.enabled.mechanisms={SASL_MECHANISM}
+sasl.mechanism.inter.broker.protocol={SASL_MECHANISM}
+listener.name.internal.scram-sha-512.sasl.jaas.config={internal_jaas}
+listener.name.external.scram-sha-512.sasl.jaas.config={JAAS_SCRAM} required;
+sasl.mechanism.controller.protocol=PLAIN
+listener.name.controller.sasl.enabled.mechanisms=PLAIN
+listener.name.controller.plain.sasl.jaas.config={controller_jaas}
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:{ADMIN}
+allow.everyone.if.no.acl.found=false
+log.dirs=$DATA
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+EOF
+# The healthcheck's client config (the admin).
+cat > "$TMP/admin.properties" <<EOF
+security.protocol=SASL_PLAINTEXT
+sasl.mechanism={SASL_MECHANISM}
+sasl.jaas.config={internal_jaas}
+EOF
+if [ ! -f "$DATA/meta.properties" ]; then
+  ARGS="$TMP/format.args"
+  {{
+    echo kafka.tools.StorageTool format --ignore-formatted
+    echo -t "${{CLUSTER_ID:-{COMPOSE_CLUSTER_ID}}}" -c "\\"$CONF\\""
+    for name in {users}; do
+      echo --add-scram "\\"{SASL_MECHANISM}=[name=$name,password=$(pw "$name")]\\""
+    done
+  }} > "$ARGS"
+  "${{JAVA_HOME:+$JAVA_HOME/bin/}}java" -cp "$KAFKA_HOME/libs/*" @"$ARGS"
+  rm -f "$ARGS"
+fi
+exec "$KAFKA_HOME/bin/kafka-server-start.sh" "$CONF"
+"""
+
+
+def compose_service_env(spec: ServiceSpec) -> str:
+    """env_file of one compose service: its own principal and password file."""
+    principal = service_principal(spec.name)
+    return (
+        f"# {HEADER.format(source=ACL_SOURCE)}\n"
+        f"SPAMOPS_KAFKA_SASL_USERNAME={principal}\n"
+        f"SPAMOPS_KAFKA_SASL_PASSWORD_FILE=/run/secrets/{compose_secret(principal)}\n"
+    )
+
+
+def _strimzi_acls(principal: str) -> list[dict[str, Any]]:
+    ops: dict[tuple[ResourceType, PatternType, str], set[Operation]] = defaultdict(set)
+    for rule in acl_rules():
+        if rule.principal == principal:
+            ops[(rule.resource_type, rule.pattern, rule.resource)].add(rule.operation)
+    return [
+        {
+            "resource": {
+                "type": kind.name.lower(),
+                "name": name,
+                "patternType": "prefix" if pattern is PatternType.PREFIXED else "literal",
+            },
+            "operations": [op.name.capitalize() for op in sorted(operations)],
+            "host": "*",
+        }
+        for (kind, pattern, name), operations in sorted(ops.items())
+    ]
+
+
+def kafka_users_yaml() -> str:
+    """Strimzi KafkaUser resources: SCRAM-SHA-512 users with the ACL table's rights.
+
+    The User Operator creates each user and a Secret of the same name (key
+    ``password``); the admin is a super user of the Kafka resource (no ACLs).
+    """
+    docs = []
+    for principal in principals():
+        spec: dict[str, Any] = {"authentication": {"type": "scram-sha-512"}}
+        if principal != ADMIN:
+            spec["authorization"] = {"type": "simple", "acls": _strimzi_acls(principal)}
+        docs.append(
+            {
+                "apiVersion": "kafka.strimzi.io/v1beta2",
+                "kind": "KafkaUser",
+                "metadata": {"name": principal, "labels": {"strimzi.io/cluster": KAFKA_CLUSTER}},
+                "spec": spec,
+            }
+        )
+    return _yaml_docs(docs, ACL_SOURCE)
 
 
 # --------------------------------------------------------------------------- images
@@ -264,6 +517,13 @@ def service_manifests(spec: ServiceSpec) -> str:
             "name": "SPAMOPS_REDIS_URL",
             "valueFrom": {"secretKeyRef": {"name": "spamops-redis", "key": "url"}},
         },
+        # Its own Kafka user (KafkaUser, deploy/base/kafka/users.yaml); the password is
+        # a file from the Secret the User Operator writes, never an environment variable.
+        {"name": "SPAMOPS_KAFKA_SASL_USERNAME", "value": service_principal(spec.name)},
+        {
+            "name": "SPAMOPS_KAFKA_SASL_PASSWORD_FILE",
+            "value": f"{K8S_KAFKA_SECRET_DIR}/password",
+        },
         *spec.extra_env,
     ]
     container = {
@@ -301,6 +561,7 @@ def service_manifests(spec: ServiceSpec) -> str:
         "volumeMounts": [
             {"name": "spamops-data", "mountPath": CONTAINER_HOME},
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 (an emptyDir)
+            {"name": "kafka-credentials", "mountPath": K8S_KAFKA_SECRET_DIR, "readOnly": True},
         ],
     }
     deployment = {
@@ -330,6 +591,14 @@ def service_manifests(spec: ServiceSpec) -> str:
                             "persistentVolumeClaim": {"claimName": "spamops-data"},
                         },
                         {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+                        {
+                            "name": "kafka-credentials",
+                            "secret": {
+                                "secretName": service_principal(spec.name),
+                                "items": [{"key": "password", "path": "password"}],
+                                "defaultMode": 0o440,
+                            },
+                        },
                     ],
                 },
             },
@@ -462,11 +731,16 @@ def generated_files() -> dict[Path, str]:
     """Every generated file (path relative to the repository root) and its content."""
     files: dict[Path, str] = {
         Path("deploy/compose/create-topics.sh"): compose_topics_script(),
+        Path("deploy/compose/create-acls.sh"): compose_acls_script(),
+        Path("deploy/compose/kafka-secure.sh"): compose_kafka_script(),
+        Path("deploy/compose/make-secrets.sh"): compose_secrets_script(),
         Path("deploy/base/kafka/topics.yaml"): kafka_topics_yaml(),
+        Path("deploy/base/kafka/users.yaml"): kafka_users_yaml(),
     }
     for spec in SERVICES:
         files[Path(f"services/{spec.name}/Dockerfile")] = dockerfile(spec)
         files[Path(f"deploy/base/services/{spec.name}.yaml")] = service_manifests(spec)
+        files[Path(f"deploy/compose/env/{spec.name}.env")] = compose_service_env(spec)
     return files
 
 

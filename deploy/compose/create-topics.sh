@@ -4,8 +4,19 @@
 set -eu
 BOOTSTRAP="${KAFKA_BOOTSTRAP:-kafka:19092}"
 RF="${TOPIC_REPLICATION_FACTOR:-1}"
+BIN="${KAFKA_BIN:-/opt/kafka/bin}"
+ADMIN_PASSWORD_FILE="${ADMIN_PASSWORD_FILE:-/run/secrets/kafka_admin}"
+umask 077
+CONFIG="$(mktemp)"
+trap 'rm -f "$CONFIG"' EXIT
+{
+  echo security.protocol=SASL_PLAINTEXT
+  echo sasl.mechanism=SCRAM-SHA-512
+  printf 'sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="%s";\n' \
+    "$(tr -d '\n' < "$ADMIN_PASSWORD_FILE")"
+} > "$CONFIG"
 create() {
-  /opt/kafka/bin/kafka-topics.sh --bootstrap-server "$BOOTSTRAP" \
+  "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$CONFIG" \
     --create --if-not-exists \
     --topic "$1" --partitions "$2" --replication-factor "$RF"
 }
