@@ -17,6 +17,30 @@ its own careful decoding on top:
 * the MIME tree is walked iteratively with limits on parts, depth and decoded
   text; going past a limit stops the walk and records a defect.
 
+Hostile input (message bombs) costs bounded time and memory. The limits are
+arguments (the inference service takes them from its settings):
+
+* ``max_bytes``: larger input is refused (``"too-large"``) before any work;
+* ``max_header_bytes`` / ``max_headers``: the top-level header block is
+  measured on the raw bytes before parsing; a larger one is refused
+  (``"headers-too-large"``, ``"too-many-headers"``);
+* ``max_lines``: the stdlib parser keeps one ``str`` per line (~60 bytes each,
+  so 10 MB of empty lines would cost ~600 MB): only the first ``max_lines``
+  lines are parsed, the rest is dropped (defect ``"too-many-lines"``);
+* ``max_parts`` / ``max_depth``: enforced while the stdlib parser builds the
+  tree (it would otherwise allocate a ``Message`` per part, ~300 bytes of
+  input each, and recurse once per level); parsing stops there and what was
+  built is used (defects ``"too-many-parts"`` / ``"too-deep"``);
+* ``max_text_chars``: decoded text kept per ``text`` and ``html``.
+
+The input is fed to the parser in 64 KB chunks (no full-size decoded copy), and
+the stdlib's per-line scan of every open MIME boundary, quadratic in the
+nesting depth, is replaced by a set lookup (``_LineBuffer``). Attachments are
+never decoded, let alone decompressed: only ``text/plain`` and ``text/html``
+leaves are (base64 / quoted-printable), so a gzip or zip bomb in an attachment
+is counted, not expanded; byte-to-byte codecs (``zlib``, ``bz2``, ``base64``...)
+declared as a charset are unknown charsets, never run.
+
 ``parse_email`` never raises on a malformed message: what was broken is listed
 in ``ParsedEmail.defects`` (a fixed vocabulary, safe as a metrics label). It
 raises ``MailParseError`` only for input a caller must dead-letter because it is
@@ -24,6 +48,9 @@ not an email at all:
 
 * ``"empty"``: no bytes, or only whitespace;
 * ``"too-large"``: more than ``max_bytes`` bytes;
+* ``"headers-too-large"``: the top-level header block is over
+  ``max_header_bytes`` bytes; ``"too-many-headers"``: over ``max_headers``
+  header fields (a message bomb, not mail);
 * ``"not-email"``: binary garbage. The rule: the first line (after an optional
   mbox ``From `` line) is not an RFC 5322 header line (``Name:`` where the name
   is 1-76 printable ASCII characters other than ``:``), AND in the first 4 KB at
@@ -39,21 +66,29 @@ from __future__ import annotations
 import binascii
 import codecs
 import email
+import email.feedparser
 import email.message
 import email.parser
 import email.utils
 import hashlib
+import itertools
 import re
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta, timezone
+from email.feedparser import BytesFeedParser
 from email.message import Message
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
+    "DEFAULT_MAX_HEADERS",
+    "DEFAULT_MAX_HEADER_BYTES",
+    "DEFAULT_MAX_LINES",
     "DEFAULT_MAX_PARTS",
     "DEFAULT_MAX_TEXT_CHARS",
+    "PARSE_ERROR_REASONS",
     "MailHeaders",
     "MailParseError",
     "ParseErrorReason",
@@ -65,8 +100,16 @@ __all__ = [
 DEFAULT_MAX_PARTS: Final = 1000
 DEFAULT_MAX_DEPTH: Final = 50
 DEFAULT_MAX_TEXT_CHARS: Final = 1_000_000
+DEFAULT_MAX_HEADER_BYTES: Final = 256 * 1024
+DEFAULT_MAX_HEADERS: Final = 1000
+DEFAULT_MAX_LINES: Final = 1_000_000
 
-ParseErrorReason = Literal["empty", "too-large", "not-email"]
+ParseErrorReason = Literal[
+    "empty", "too-large", "not-email", "headers-too-large", "too-many-headers"
+]
+PARSE_ERROR_REASONS: Final[frozenset[str]] = frozenset(
+    {"empty", "too-large", "not-email", "headers-too-large", "too-many-headers"}
+)
 
 # The defect vocabulary (besides "mime:<email package defect class>").
 UNKNOWN_CHARSET: Final = "unknown-charset"
@@ -79,6 +122,7 @@ NO_HEADERS: Final = "no-headers"
 TOO_MANY_PARTS: Final = "too-many-parts"
 TOO_DEEP: Final = "too-deep"
 TEXT_TRUNCATED: Final = "text-truncated"
+TOO_MANY_LINES: Final = "too-many-lines"
 PAYLOAD_ERROR: Final = "payload-error"
 PARSER_ERROR: Final = "parser-error"
 
@@ -133,9 +177,10 @@ _CODEC_CACHE_MAX: Final = 1024
 
 
 class MailParseError(ValueError):
-    """The input is not an email at all; the caller should dead-letter it.
+    """The input is not an email at all (or a message bomb); the caller should dead-letter it.
 
-    ``reason`` is one of ``"empty"``, ``"too-large"``, ``"not-email"``.
+    ``reason`` is one of ``PARSE_ERROR_REASONS``: ``"empty"``, ``"too-large"``,
+    ``"not-email"``, ``"headers-too-large"``, ``"too-many-headers"``.
     """
 
     def __init__(self, reason: ParseErrorReason, detail: str = "") -> None:
@@ -229,7 +274,10 @@ def _codec(charset: str) -> str | None:
     try:
         if not name or len(name) > 64 or not name.isascii():
             raise LookupError(name)
-        codec = codecs.lookup(name).name
+        info = codecs.lookup(name)
+        # Byte-to-byte codecs (zlib, bz2, base64, uu, hex...) are not charsets:
+        # "charset=zlib" must never decompress anything.
+        codec = info.name if getattr(info, "_is_text_encoding", True) else None
     except (LookupError, ValueError, TypeError):
         codec = None
     if codec is not None:
@@ -578,6 +626,193 @@ def _walk(
             body.text_chars += len(text)
 
 
+# --------------------------------------------------------- the bounded parser
+_FEED_CHUNK: Final = 64 * 1024
+# What the stdlib feed parser takes for a header line (email.feedparser.headerRE).
+_HEADER_LINE_START = re.compile(rb"From |[!-9;-~]*:|[ \t]")
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def _stdlib_boundary_pattern(separator: str) -> str:
+    """The regex email.feedparser compiles for the delimiter lines of one multipart."""
+    return (
+        "(?P<sep>" + re.escape(separator) + r")(?P<end>--)?(?P<ws>[ \t]*)(?P<linesep>\r\n|\r|\n)?$"
+    )
+
+
+_BOUNDARY_PREFIX, _BOUNDARY_SUFFIX = _stdlib_boundary_pattern("@").split("@")
+_UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
+
+
+def _separator_of(predicate: Any) -> str | None:
+    """The delimiter ``--boundary`` a feed-parser end-of-part predicate matches, if it is one.
+
+    The feed parser pushes ``re.compile(<_stdlib_boundary_pattern>).match``; the
+    separator is read back from the pattern and checked by rebuilding it, so a
+    different stdlib falls back to the slow, exact path instead of going wrong.
+    """
+    pattern = getattr(getattr(predicate, "__self__", None), "pattern", None)
+    if not isinstance(pattern, str):
+        return None
+    if not (pattern.startswith(_BOUNDARY_PREFIX) and pattern.endswith(_BOUNDARY_SUFFIX)):
+        return None
+    escaped = pattern[len(_BOUNDARY_PREFIX) : len(pattern) - len(_BOUNDARY_SUFFIX)]
+    separator = _UNESCAPE.sub(r"\1", escaped)
+    if _stdlib_boundary_pattern(separator) != pattern or separator != separator.rstrip(" \t"):
+        return None
+    return separator
+
+
+# Not in typeshed: the feed parser's line buffer and its blank-line regex.
+_BufferedSubFile: Any = email.feedparser.BufferedSubFile  # type: ignore[attr-defined]
+_BLANK_LINE_PREDICATE: Any = email.feedparser.NLCRE.match  # type: ignore[attr-defined]
+
+
+class _LineBuffer(_BufferedSubFile):  # type: ignore[misc]
+    """The feed parser's line buffer without its per-line scan of every open boundary.
+
+    The stdlib checks each line against the end-of-part predicate of every
+    enclosing multipart: depth x lines regex calls (50 levels around 10 MB of
+    short lines: ~20 s). The predicates are boundary regexes (a line can match
+    one only if it is ``--boundary`` plus ``--``/blanks) and, inside
+    message/delivery-status, a blank-line regex; so a set lookup tells the
+    lines that cannot match, and only the others take the exact stdlib path.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._separators: Counter[str] = Counter()
+        self._blank_ends = 0  # blank-line predicates on the stack
+        self._opaque = 0  # predicates of unknown shape: always the exact path
+
+    def push_eof_matcher(self, pred: Any) -> None:
+        separator = _separator_of(pred)
+        if separator is not None:
+            self._separators[separator] += 1
+        elif pred == _BLANK_LINE_PREDICATE:
+            self._blank_ends += 1
+        else:
+            self._opaque += 1
+        super().push_eof_matcher(pred)
+
+    def pop_eof_matcher(self) -> Any:
+        pred = super().pop_eof_matcher()
+        separator = _separator_of(pred)
+        if separator is not None:
+            self._separators[separator] -= 1
+            if not self._separators[separator]:
+                del self._separators[separator]
+        elif pred == _BLANK_LINE_PREDICATE:
+            self._blank_ends -= 1
+        else:
+            self._opaque -= 1
+        return pred
+
+    def _may_end_a_part(self, line: str) -> bool:
+        if self._opaque:
+            return True
+        if self._blank_ends and line[:1] in ("\r", "\n"):
+            return True
+        if not self._separators or not line.startswith("--"):
+            return False
+        bare = line.rstrip("\r\n").rstrip(" \t")
+        return bare in self._separators or (bare.endswith("--") and bare[:-2] in self._separators)
+
+    def readline(self) -> Any:
+        lines: Any = self._lines  # the stdlib's deque
+        if lines and not self._may_end_a_part(lines[0]):
+            return lines.popleft()
+        return super().readline()
+
+
+class _LimitReached(Exception):  # noqa: N818  (a control-flow signal)
+    def __init__(self, defect: str) -> None:
+        super().__init__(defect)
+        self.defect = defect
+
+
+class _BoundedParser(BytesFeedParser):
+    """compat32 feed parser that stops at ``max_parts`` parts or ``max_depth`` levels.
+
+    ``_new_message`` is where the stdlib creates every part; stopping there
+    keeps the tree built so far (the root, its headers, the finished parts).
+    One part and one level more than the limits are built, so the walk sees
+    that a limit was passed and records the defect as before.
+    """
+
+    def __init__(self, max_parts: int, max_depth: int) -> None:
+        super().__init__()
+        self._input = _LineBuffer()
+        self._max_parts = max_parts
+        self._max_depth = max_depth
+        self._built = 0
+        self.root: Message | None = None
+
+    def _new_message(self) -> None:
+        if self._built > self._max_parts:
+            raise _LimitReached(TOO_MANY_PARTS)
+        if len(self._msgstack) > self._max_depth + 1:  # type: ignore[attr-defined]
+            raise _LimitReached(TOO_DEEP)
+        self._built += 1
+        super()._new_message()  # type: ignore[misc]
+        if self.root is None:
+            self.root = self._msgstack[0]  # type: ignore[attr-defined]
+
+
+def _check_headers(raw: bytes, max_header_bytes: int, max_headers: int) -> None:
+    """Refuse a top-level header block over the limits, measured on the raw bytes.
+
+    The block ends where the feed parser ends it: at the first line that is not
+    a header or continuation line (normally the blank line). Reads at most
+    ``max_header_bytes`` + 1 bytes.
+    """
+    position = 0
+    fields = 0
+    limit = min(len(raw), max_header_bytes + 1)
+    while position < len(raw):
+        if _HEADER_LINE_START.match(raw, position, limit) is None:
+            return  # a blank line or the body: the header block ends here
+        if raw[position] not in (0x20, 0x09):
+            fields += 1
+            if fields > max_headers:
+                raise MailParseError("too-many-headers", f"more than {max_headers} header fields")
+        end = _LINE_END.search(raw, position, limit)
+        if end is None:
+            if len(raw) <= max_header_bytes:
+                return  # the last line of an input that is all headers
+            raise MailParseError("headers-too-large", f"header block over {max_header_bytes} bytes")
+        position = end.end()
+        if position > max_header_bytes:
+            raise MailParseError("headers-too-large", f"header block over {max_header_bytes} bytes")
+
+
+def _line_limit_cut(raw: bytes, max_lines: int) -> int:
+    """Offset where line ``max_lines`` + 1 starts (as the feed parser splits lines), or len(raw)."""
+    if raw.count(b"\n") + raw.count(b"\r") <= max_lines:  # CRLF counted twice: an upper bound
+        return len(raw)
+    last = next(itertools.islice(_LINE_END.finditer(raw), max_lines - 1, None), None)
+    return len(raw) if last is None else last.end()
+
+
+def _parse_tree(
+    raw: bytes, defects: list[str], *, max_parts: int, max_depth: int, max_lines: int
+) -> Message:
+    """The compat32 message tree of ``raw`` within the limits (partial past a limit)."""
+    end = _line_limit_cut(raw, max_lines)
+    if end < len(raw):
+        defects.append(TOO_MANY_LINES)
+    parser = _BoundedParser(max_parts, max_depth)
+    view = memoryview(raw)
+    try:
+        for start in range(0, end, _FEED_CHUNK):
+            parser.feed(bytes(view[start : min(start + _FEED_CHUNK, end)]))
+        root: Message = parser.close()
+    except _LimitReached as stop:
+        defects.append(stop.defect)
+        root = parser.root if parser.root is not None else Message()
+    return root
+
+
 # ------------------------------------------------------------------ the parse
 _WANTED: Final = frozenset(
     {
@@ -607,32 +842,42 @@ def parse_email(
     max_parts: int = DEFAULT_MAX_PARTS,
     max_depth: int = DEFAULT_MAX_DEPTH,
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    max_headers: int = DEFAULT_MAX_HEADERS,
+    max_lines: int = DEFAULT_MAX_LINES,
 ) -> ParsedEmail:
     """Parse one raw RFC 822 message; never raises on a malformed one.
 
     ``max_bytes`` (None: no limit) refuses larger input with
-    ``MailParseError("too-large")``. ``max_parts`` MIME parts are walked at most,
-    ``max_depth`` levels of nesting, and ``max_text_chars`` characters are kept
-    for each of ``text`` and ``html``; going past a limit stops there and records
-    a defect. Raises ``MailParseError`` only for input that is not an email
-    (empty, too large, binary garbage; see the module docstring for the rule).
+    ``MailParseError("too-large")``; a top-level header block over
+    ``max_header_bytes`` bytes or ``max_headers`` fields is refused
+    (``"headers-too-large"``, ``"too-many-headers"``). ``max_lines`` lines are
+    parsed at most, ``max_parts`` MIME parts, ``max_depth`` levels of nesting,
+    and ``max_text_chars`` characters are kept for each of ``text`` and
+    ``html``; going past one of these stops there and records a defect. Raises
+    ``MailParseError`` only for input that is not an email (empty, too large,
+    binary garbage; see the module docstring for the rule) or is a header bomb.
     """
     if not isinstance(raw, bytes):
         raw = bytes(raw)  # bytearray / memoryview from a consumer
-    if not raw.strip():
-        raise MailParseError("empty")
     if max_bytes is not None and len(raw) > max_bytes:
         raise MailParseError("too-large", f"{len(raw)} bytes > {max_bytes}")
+    if not raw or raw.isspace():  # not raw.strip(): no copy of a huge input
+        raise MailParseError("empty")
     defects: list[str] = []
     if not _looks_like_headers(raw):
         if _looks_binary(raw[:_SNIFF_BYTES]):
             raise MailParseError("not-email", "no header line and binary content")
         defects.append(NO_HEADERS)
+    else:
+        _check_headers(raw, max_header_bytes, max_headers)
     try:
-        msg = email.message_from_bytes(raw)
+        msg = _parse_tree(
+            raw, defects, max_parts=max_parts, max_depth=max_depth, max_lines=max(1, max_lines)
+        )
     except RecursionError:
-        # The stdlib parser recurses once per MIME level (~1000 levels break it):
-        # keep the headers, give up on the body.
+        # The stdlib parser recurses once per MIME level (~300 levels break it; only
+        # reachable with a max_depth that high): keep the headers, give up on the body.
         defects.append(TOO_DEEP)
         msg = email.parser.BytesParser().parsebytes(raw, headersonly=True)
         msg.set_payload("")

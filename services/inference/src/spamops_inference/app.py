@@ -9,9 +9,16 @@ from typing import Any
 
 from faststream import AckPolicy, FastStream
 from faststream.kafka.annotations import KafkaMessage
-from spamops_runtime.kafka import RecordContext, dead_letter, publish_event, subscribe_events
-from spamops_runtime.service import service_app, service_broker
-from spamops_runtime.tracing import consumer_span
+from spamops_runtime.kafka import (
+    RecordContext,
+    dead_letter,
+    make_broker,
+    publish_event,
+    subscribe_events,
+)
+from spamops_runtime.logs import configure_logging
+from spamops_runtime.service import service_app
+from spamops_runtime.tracing import configure_tracing, consumer_span
 from spamops_schemas import EmailClassified, EmailLabeled, ModelPromoted, ModelRegistered
 from spamops_schemas.topics import (
     EMAILS_FEEDBACK,
@@ -26,6 +33,7 @@ from spamops_inference.handlers import (
     InboxRecord,
     InferenceDeps,
     classify_batch,
+    fit_dead_letter,
     on_email_labeled,
 )
 from spamops_inference.metrics import BATCH_SIZE
@@ -72,8 +80,16 @@ def _records(message: KafkaMessage) -> list[InboxRecord]:
 def build_app(settings: InferenceSettings | None = None) -> FastStream:
     """Bootstrap: build the broker and register the handlers with their dependencies."""
     settings = settings or InferenceSettings()
-    broker = service_broker(SERVICE, settings)
     platform = settings.platform
+    # service_broker, with a producer that can send a dead letter as large as the
+    # inbox allows (aiokafka's default is 1 MiB): see fit_dead_letter.
+    configure_logging(SERVICE, level=platform.log_level, fmt=platform.log_format)
+    configure_tracing(SERVICE, platform.state_dir)
+    broker = make_broker(
+        platform,
+        client_id=SERVICE,
+        max_request_size=max(settings.dead_letter_max_bytes, 2**20) + 64 * 1024,
+    )
     models = MlflowModels(platform.mlflow_uri, platform.model_name)
     catalog = ModelCatalog(models.load)
     scorer = _LazyScorer(settings)
@@ -124,10 +140,11 @@ def build_app(settings: InferenceSettings | None = None) -> FastStream:
         )
         for refused in result.refused:
             r = refused.record
+            value, headers = fit_dead_letter(r, settings.dead_letter_max_bytes)
             await dead_letter(
                 broker,
                 RecordContext(
-                    r.topic, r.partition, r.offset, r.key, r.headers, r.timestamp_ms, r.value
+                    r.topic, r.partition, r.offset, r.key, headers, r.timestamp_ms, value
                 ),
                 reason=refused.reason,
                 error=refused.message,

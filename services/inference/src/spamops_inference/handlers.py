@@ -9,11 +9,17 @@ Routing: header ``x-environment: staging`` -> the staging model; absent or
 requests are classified by staging and the verdict says so in ``note``; when
 no model exists at all, the records are dead-lettered with reason ``no-model``
 (nothing is lost: the dead-letter topic keeps them for a replay).
+
+Every record is parsed before any model is looked up, within the parser limits
+of the settings: a message bomb is dead-lettered with the parser's reason
+(``too-large``, ``headers-too-large``, ``too-many-headers``, ``not-email``,
+``empty``) whether or not a model is serving, and the rest of the batch goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -66,6 +72,37 @@ class InboxRecord:
     value: bytes
     headers: dict[str, str]
     timestamp_ms: int
+
+
+# A dead letter must fit the dead-letter topic: a longer value is cut and these say so.
+H_DEAD_LETTER_TRUNCATED = "x-dead-letter-truncated"  # the original value's length in bytes
+H_DEAD_LETTER_SHA256 = "x-dead-letter-sha256"  # sha256 of the original value
+H_DEAD_LETTER_HEADERS_DROPPED = "x-dead-letter-headers-dropped"  # original headers left out
+# What dead_letter adds (error headers, the message cut at 2,000 characters) plus record overhead.
+DEAD_LETTER_OVERHEAD = 8 * 1024
+
+
+def fit_dead_letter(record: InboxRecord, max_bytes: int) -> tuple[bytes, dict[str, str]]:
+    """The value and headers of ``record``'s dead letter, at most ``max_bytes`` in all.
+
+    Unchanged when they fit (the normal case: the inbox topic's limit is below
+    the dead-letter topic's). Otherwise the original headers are left out if they
+    alone do not fit, and the value is cut, with its original length and sha256
+    in headers, so a refused message bomb cannot make its own dead letter fail
+    (and the batch be redelivered forever).
+    """
+    headers = dict(record.headers)
+    room = max_bytes - DEAD_LETTER_OVERHEAD - len((record.key or "").encode())
+    header_bytes = sum(len(k.encode()) + len(v.encode()) for k, v in headers.items())
+    if header_bytes > room // 2:
+        headers = {H_DEAD_LETTER_HEADERS_DROPPED: str(len(headers))}
+        header_bytes = 0
+    room = max(0, room - header_bytes - 256)  # 256: the headers added here
+    if len(record.value) <= room:
+        return record.value, headers
+    headers[H_DEAD_LETTER_TRUNCATED] = str(len(record.value))
+    headers[H_DEAD_LETTER_SHA256] = hashlib.sha256(record.value).hexdigest()
+    return record.value[:room], headers
 
 
 @dataclass(frozen=True)
@@ -126,7 +163,16 @@ def _parse(record: InboxRecord, settings: InferenceSettings) -> _Parsed | Refuse
     if environment not in (STAGING, PRODUCTION):
         return Refused(record, "bad-environment", f"x-environment {environment!r}")
     try:
-        email = parse_email(record.value, max_bytes=settings.max_message_bytes)
+        email = parse_email(
+            record.value,
+            max_bytes=settings.max_message_bytes,
+            max_header_bytes=settings.max_header_bytes,
+            max_headers=settings.max_headers,
+            max_lines=settings.max_lines,
+            max_parts=settings.max_mime_parts,
+            max_depth=settings.max_mime_depth,
+            max_text_chars=settings.max_text_chars,
+        )
     except MailParseError as exc:
         return Refused(record, exc.reason, str(exc))
     return _Parsed(record, email, environment, record.key or message_key(record.value, email))

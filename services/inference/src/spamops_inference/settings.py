@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
+from spamops_features.mail import (
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADERS,
+    DEFAULT_MAX_LINES,
+    DEFAULT_MAX_PARTS,
+    DEFAULT_MAX_TEXT_CHARS,
+)
 from spamops_runtime.settings import ServiceSettings
 
 
@@ -18,8 +26,43 @@ class InferenceSettings(ServiceSettings):
     batch_max_records: int = Field(default=256, ge=1, description="Records per batch at most.")
     batch_timeout_ms: int = Field(default=20, ge=0, description="Wait for a batch to fill.")
     triton_batch: int = Field(default=64, ge=1, description="Rows per Triton request.")
+    # Hostile input: every limit of the mail parser (spamops_features.mail), so a
+    # message bomb is refused (dead letter with the reason) or parsed within bounded
+    # time and memory. README.md "Message bombs" lists them with what each guards.
     max_message_bytes: int = Field(
-        default=10 * 2**20, ge=1, description="Larger inbox records are dead-lettered."
+        default=10 * 2**20, ge=1, description="Larger inbox records are dead-lettered (too-large)."
+    )
+    max_header_bytes: int = Field(
+        default=DEFAULT_MAX_HEADER_BYTES,
+        ge=1,
+        description="A larger top-level header block is dead-lettered (headers-too-large).",
+    )
+    max_headers: int = Field(
+        default=DEFAULT_MAX_HEADERS,
+        ge=1,
+        description="More top-level header fields are dead-lettered (too-many-headers).",
+    )
+    max_lines: int = Field(
+        default=DEFAULT_MAX_LINES, ge=1, description="Lines parsed at most; the rest is ignored."
+    )
+    max_mime_parts: int = Field(
+        default=DEFAULT_MAX_PARTS, ge=1, description="MIME parts parsed at most."
+    )
+    max_mime_depth: int = Field(
+        default=DEFAULT_MAX_DEPTH, ge=0, description="MIME nesting levels parsed at most."
+    )
+    max_text_chars: int = Field(
+        default=DEFAULT_MAX_TEXT_CHARS,
+        ge=1,
+        description="Decoded characters kept of the text parts (and of the HTML parts).",
+    )
+    dead_letter_max_bytes: int = Field(
+        default=11 * 2**20,
+        ge=2**20,
+        description=(
+            "Largest dead letter sent (value and headers): at most the dead-letter "
+            "topic's max.message.bytes. A longer value is cut, with headers saying so."
+        ),
     )
     shadow: bool = Field(
         default=False, description="Also score production traffic with staging (shadow)."
