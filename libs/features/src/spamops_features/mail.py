@@ -102,7 +102,7 @@ DEFAULT_MAX_DEPTH: Final = 50
 DEFAULT_MAX_TEXT_CHARS: Final = 1_000_000
 DEFAULT_MAX_HEADER_BYTES: Final = 256 * 1024
 DEFAULT_MAX_HEADERS: Final = 1000
-DEFAULT_MAX_LINES: Final = 1_000_000
+DEFAULT_MAX_LINES: Final = 500_000
 
 ParseErrorReason = Literal[
     "empty", "too-large", "not-email", "headers-too-large", "too-many-headers"
