@@ -7,7 +7,8 @@ Every topic has a dead-letter twin ``<name>.dlq`` with the same partitions.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 
@@ -25,6 +26,10 @@ class Topic:
     partitions: int
     kind: str  # "control" or "email"
     description: str
+    # Kafka topic configs at creation, for the topic and its dead-letter twin
+    # (e.g. emails.inbox: max.message.bytes, so a message up to the inference
+    # service's limit fits, and its dead letter too).
+    configs: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     @property
     def dlq(self) -> str:
@@ -54,6 +59,16 @@ def topic_for_event(event_type: str) -> Topic:
         if entry.value == event_type:
             return entry
     raise KeyError(event_type)
+
+
+def topic_configs() -> dict[str, dict[str, str]]:
+    """Topic name -> Kafka configs to create it with (dead-letter topics included)."""
+    configs: dict[str, dict[str, str]] = {}
+    for entry in catalogue():
+        if entry.configs:
+            configs[entry.name] = dict(entry.configs)
+            configs[entry.dlq] = dict(entry.configs)
+    return configs
 
 
 def all_topic_names(*, with_dlq: bool = True) -> list[str]:

@@ -13,7 +13,7 @@ from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.protocol.admin import CreateAclsRequest
 from spamops_runtime.acl import ALLOW, AclRule, acl_rules
 from spamops_runtime.settings import PlatformSettings
-from spamops_schemas.topics import all_topic_names, catalogue
+from spamops_schemas.topics import all_topic_names, catalogue, topic_configs
 
 from spamops_cli.stack.aio import run_sync
 from spamops_cli.stack.paths import StackError
@@ -84,6 +84,7 @@ async def ensure_topics_async(
     ``client_options``: aiokafka SASL options (``PlatformSettings.kafka_client_options``).
     """
     wanted = wanted_partitions()
+    configs = topic_configs()  # e.g. emails.inbox max.message.bytes (only at creation)
     created: list[str] = []
     deadline = time.monotonic() + within_s
     admin = AIOKafkaAdminClient(
@@ -97,7 +98,12 @@ async def ensure_topics_async(
             retry = False
             if missing:
                 response = await admin.create_topics(
-                    [NewTopic(name, wanted[name], replication_factor) for name in missing]
+                    [
+                        NewTopic(
+                            name, wanted[name], replication_factor, topic_configs=configs.get(name)
+                        )
+                        for name in missing
+                    ]
                 )
                 errors = _errors(response, "topic_errors")
                 retry = _raise_or_retry(errors, "creating")
