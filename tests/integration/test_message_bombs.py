@@ -29,6 +29,7 @@ from spamops_runtime.settings import PlatformSettings
 from spamops_schemas import EmailClassified, EventDecodeError, decode_event
 
 from tests.integration.conftest import free_ports, settings_env
+from tests.unit.test_inference import email as normal_email
 from tests.unit.test_message_bombs import (
     MB,
     attachment,
@@ -38,7 +39,6 @@ from tests.unit.test_message_bombs import (
     many_headers,
     text_message,
 )
-from tests.unit.test_message_bombs import email as normal_email
 
 pytestmark = pytest.mark.integration
 
