@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from spamops_schemas import Event, PromotionApproved
 
 E = TypeVar("E", bound="Event")
+R = TypeVar("R")
 
 app = typer.Typer(
     name="spamops",
@@ -72,6 +74,23 @@ def _settings() -> PlatformSettings:
     return settings
 
 
+def _run(coro: Coroutine[Any, Any, R]) -> R:
+    """Run a Kafka client coroutine; a refusal by Kafka's ACLs is an error message."""
+    from aiokafka.errors import (
+        GroupAuthorizationFailedError,
+        KafkaConnectionError,
+        TopicAuthorizationFailedError,
+    )
+
+    try:
+        return asyncio.run(coro)
+    except (TopicAuthorizationFailedError, GroupAuthorizationFailedError) as exc:
+        user = os.environ.get("SPAMOPS_KAFKA_SASL_USERNAME", "this user")
+        raise _fail(f"Kafka refused {user}: {exc} (see the ACL table, README 'Security')") from exc
+    except KafkaConnectionError as exc:
+        raise _fail(f"cannot connect to Kafka (down, or wrong credentials?): {exc}") from exc
+
+
 def _admin_settings(secure: bool | None = None) -> PlatformSettings:
     """Settings of the stack and overview commands: the local admin when secure.
 
@@ -114,9 +133,15 @@ def up(
 ) -> None:
     """Install what is missing and start Kafka, Redis, MLflow, Triton and the services."""
     from spamops_cli import stack
+    from spamops_cli.stack.kafka_broker import Kafka
     from spamops_cli.stack.secrets import password_file, set_secure_state
 
     settings = _admin_settings(secure)
+    kafka = Kafka(settings, stack.StackPaths.from_settings(settings))
+    running = kafka.running_secure()
+    if running is not None and running != settings.kafka_secure:
+        mode = "with SASL/ACLs" if running else "plain"
+        raise _fail(f"Kafka is running {mode}: `spamops down` first to switch modes")
     if secure is False:
         set_secure_state(settings, False)
     try:
@@ -296,7 +321,7 @@ def ingest(
     if publish:
         from spamops_cli.kafka_io import send_events
 
-        asyncio.run(send_events(settings, [event]))
+        _run(send_events(settings, [event]))
         out.print(f"published DatasetReady {event.event_id} to datasets.ready")
         if wait_trained or wait_registered or promote_first:
             _follow_lifecycle(
@@ -389,7 +414,7 @@ def _follow_lifecycle(
     out.print(f"no production model yet: sending PromotionApproved in the name of {user!r}")
     from spamops_cli.kafka_io import send_events
 
-    asyncio.run(send_events(settings, [approval]))
+    _run(send_events(settings, [approval]))
     with console.status("Triton production, alias production ..."):
         promoted = _first_event(
             settings, "models.promoted", ModelPromoted, str(approval.event_id), timeout_s
@@ -516,9 +541,7 @@ def publish_emails(
         raise _fail("no messages found", 2)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("publishing", total=len(records))
-        sent = asyncio.run(
-            send_raw(_settings(), records, on_sent=lambda n: progress.advance(task, n))
-        )
+        sent = _run(send_raw(_settings(), records, on_sent=lambda n: progress.advance(task, n)))
     out.print(f"published {sent} message(s) to {topic} ({environment})")
     for record in records[:20]:
         out.print(f"  {record.key}")
@@ -663,7 +686,7 @@ def approve(
     if version < 1:
         raise _fail("version must be >= 1", 2)
     event = _approval(model, version, by, reason)
-    asyncio.run(send_events(_settings(), [event]))
+    _run(send_events(_settings(), [event]))
     out.print(f"sent PromotionApproved {model} v{version} by {by} ({event.event_id})")
 
 
@@ -681,7 +704,7 @@ def label(
     if value not in {"spam", "ham"}:
         raise _fail("label must be spam or ham", 2)
     event = EmailLabeled(producer="spamops-cli", message_key=key, label=value, labelled_by=by)  # type: ignore[arg-type]
-    asyncio.run(send_events(_settings(), [event]))
+    _run(send_events(_settings(), [event]))
     out.print(f"labelled {key} as {value}")
 
 

@@ -101,6 +101,15 @@ class Kafka(Component):
         """SASL/SCRAM and ACLs on (``kafka_security_protocol`` is not PLAINTEXT)."""
         return self.settings.kafka_secure
 
+    def running_secure(self) -> bool | None:
+        """Whether the running broker (if any) was started secure; None if not running."""
+        if self.running_pid() is None:
+            return None
+        try:
+            return "authorizer.class.name=" in self.server_properties.read_text()
+        except OSError:
+            return None
+
     def admin_settings(self) -> PlatformSettings:
         """The settings the stack itself uses as a Kafka client (the admin when secure)."""
         if not self.secure:
