@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -396,3 +397,94 @@ def test_arbitrary_bytes_parse_or_raise_mail_parse_error(raw: bytes) -> None:
     strings += [value for value in parsed.headers.values() if isinstance(value, str)]
     for value in strings:
         value.encode("utf-8")
+
+
+# ------------------------------------------------------- limits against bombs
+# (each bomb at full size, with time and memory: tests/unit/test_message_bombs.py)
+def test_header_block_limits() -> None:
+    headers = b"".join(b"X-%d: v\n" % i for i in range(10))
+    assert parse_email(headers + b"\nbody\n", max_headers=10).headers.header_count == 10
+    with pytest.raises(MailParseError) as info:
+        parse_email(headers + b"\nbody\n", max_headers=9)
+    assert info.value.reason == "too-many-headers"
+    block = b"Subject: " + b"x" * 100 + b"\n"
+    assert parse_email(block + b"\nbody\n", max_header_bytes=len(block)).subject.startswith("x")
+    for raw in (block + b"\nbody\n", block, b"Subject: x\n  folded\n" * 20 + b"\nbody\n"):
+        with pytest.raises(MailParseError) as info:
+            parse_email(raw, max_header_bytes=len(block) - 1)
+        assert info.value.reason == "headers-too-large"
+
+
+def test_header_limits_apply_to_the_header_block_only() -> None:
+    body = b"X-Looks-Like: a header\n" * 100
+    parsed = parse_email(b"Subject: s\n\n" + body, max_headers=5, max_header_bytes=100)
+    assert parsed.text == body.decode()
+    no_headers = parse_email(b"just text " * 100, max_header_bytes=10)
+    assert "no-headers" in no_headers.defects
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+def test_lines_past_the_limit_are_not_parsed(newline: bytes) -> None:
+    raw = b"Subject: s" + newline + newline + newline.join(b"line %d" % i for i in range(100))
+    parsed = parse_email(raw, max_lines=12)  # 2 header lines + 10 body lines
+    assert "too-many-lines" in parsed.defects
+    assert parsed.text.split() == " ".join(f"line {i}" for i in range(10)).split()
+    assert "too-many-lines" not in parse_email(raw, max_lines=102).defects
+
+
+def test_a_byte_codec_as_charset_is_never_run() -> None:
+    import zlib
+
+    data = zlib.compress(b"A" * 100_000)
+    raw = (
+        b"Subject: =?zlib?B?" + base64.b64encode(data) + b"?=\n"
+        b"Content-Type: text/plain; charset=zlib\nContent-Transfer-Encoding: base64\n\n"
+        + base64.encodebytes(data)
+    )
+    parsed = parse_email(raw)
+    assert "unknown-charset" in parsed.defects
+    assert "A" * 100 not in parsed.text and "A" * 100 not in parsed.subject
+    assert len(parsed.text) == len(data)
+
+
+def test_nesting_past_the_stdlib_recursion_limit_when_max_depth_allows_it() -> None:
+    parsed = parse_email(_nested(3000), max_depth=5000)
+    assert "too-deep" in parsed.defects  # RecursionError: the headers are kept
+    assert parsed.subject == "deep"
+
+
+_MIME_LINES = [
+    b'Content-Type: multipart/mixed; boundary="z"\n',
+    b"Content-Type: multipart/alternative; boundary=y\n",
+    b'Content-Type: multipart/digest; boundary="d d"\n',
+    b'Content-Type: multipart/mixed; boundary="a-"\n',
+    b"Content-Type: message/rfc822\n",
+    b"Content-Type: message/delivery-status\n",
+    b"Content-Type: text/plain\n",
+    b"--z\n", b"--z--\n", b"--z \r\n", b"--zz\n", b"--y\n", b"--y--  \n", b"--y--\r",
+    b"--d d\n", b"--d d--\n", b"--a-\n", b"--a---\n", b"--a-- \n", b"--\n", b"----\n",
+    b"\n", b"\r\n", b"-- \n", b"hello\n", b"X: y\n", b" folded\n",
+]  # fmt: skip
+_mime_lines = st.lists(st.sampled_from(_MIME_LINES), max_size=40)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(top=st.sampled_from(_MIME_LINES[:7]), lines=_mime_lines, limit=st.integers(1, 6))
+def test_the_fast_boundary_check_parses_exactly_like_the_stdlib(
+    top: bytes, lines: list[bytes], limit: int, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    """_LineBuffer skips the stdlib's scan only for lines no open boundary can match."""
+    from spamops_features import mail
+
+    raw = b"From: a@b.example\n" + top + b"\n" + b"".join(lines)
+    fast = [parse_email(raw), parse_email(raw, max_parts=3 * limit, max_depth=limit)]
+    with monkeypatch_module.context() as patch:
+        patch.setattr(mail._LineBuffer, "_may_end_a_part", lambda self, line: True)
+        exact = [parse_email(raw), parse_email(raw, max_parts=3 * limit, max_depth=limit)]
+    assert fast == exact
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
