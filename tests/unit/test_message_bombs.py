@@ -218,6 +218,9 @@ BOMBS = [
          check=lambda e: len(e.text) == 1_000_000),
     Bomb("header-line-1mb", lambda: long_header_line(MB), refused="headers-too-large"),
     Bomb("header-line-9mb", lambda: long_header_line(9 * MB), refused="headers-too-large"),
+    Bomb("header-line-50mb", lambda: long_header_line(50 * MB), refused="too-large"),
+    Bomb("header-name-9mb", lambda: b"X" * (9 * MB) + b": v\r\n\r\nbody\r\n",
+         refused="headers-too-large"),
     Bomb("headers-100k", lambda: many_headers(100_000), refused="too-many-headers"),
     Bomb("folded-header-100k-lines", lambda: folded_header(100_000),
          refused="headers-too-large"),
@@ -309,6 +312,15 @@ def test_nothing_is_ever_decompressed(monkeypatch: pytest.MonkeyPatch) -> None:
         if "zip" in bomb.name or "zlib" in bomb.name:
             outcome = _outcome(bomb.build())
             assert isinstance(outcome, ParsedEmail) and bomb.check(outcome), bomb.name
+
+
+def test_without_a_size_limit_a_50mb_header_line_is_still_refused_at_once() -> None:
+    raw = long_header_line(50 * MB)
+    began = time.perf_counter()
+    with pytest.raises(MailParseError) as info:
+        parse_email(raw, **{**LIMITS, "max_bytes": None})
+    assert info.value.reason == "headers-too-large"
+    assert time.perf_counter() - began < 1.0  # reads max_header_bytes, not 50 MB
 
 
 def _bomb(name: str) -> bytes:

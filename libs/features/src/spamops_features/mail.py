@@ -631,6 +631,7 @@ _FEED_CHUNK: Final = 64 * 1024
 # What the stdlib feed parser takes for a header line (email.feedparser.headerRE).
 _HEADER_LINE_START = re.compile(rb"From |[!-9;-~]*:|[ \t]")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+_FIELD_NAME_CHARS = re.compile(rb"[!-9;-~]*")
 
 
 def _stdlib_boundary_pattern(separator: str) -> str:
@@ -771,6 +772,12 @@ def _check_headers(raw: bytes, max_header_bytes: int, max_headers: int) -> None:
     limit = min(len(raw), max_header_bytes + 1)
     while position < len(raw):
         if _HEADER_LINE_START.match(raw, position, limit) is None:
+            if limit < len(raw) and _FIELD_NAME_CHARS.fullmatch(raw, position, limit):
+                # A field name running past the limit: the feed parser, which has
+                # no limit, would take a ":" after it for a (huge) header line.
+                raise MailParseError(
+                    "headers-too-large", f"header block over {max_header_bytes} bytes"
+                )
             return  # a blank line or the body: the header block ends here
         if raw[position] not in (0x20, 0x09):
             fields += 1
@@ -869,8 +876,8 @@ def parse_email(
         if _looks_binary(raw[:_SNIFF_BYTES]):
             raise MailParseError("not-email", "no header line and binary content")
         defects.append(NO_HEADERS)
-    else:
-        _check_headers(raw, max_header_bytes, max_headers)
+    # By the feed parser's rule for header lines (looser than _looks_like_headers).
+    _check_headers(raw, max_header_bytes, max_headers)
     try:
         msg = _parse_tree(
             raw, defects, max_parts=max_parts, max_depth=max_depth, max_lines=max(1, max_lines)
