@@ -28,7 +28,18 @@ from spamops_cli.kafka_io import send_events
 from spamops_cli.stack.paths import StackPaths
 from spamops_cli.stack.process import group_members, read_pid
 from spamops_cli.stack.secrets import as_local_user, password_file, secrets_dir
-from spamops_runtime.acl import APPROVER, OPERATOR, principals, service_principal
+from spamops_cli.stack.topics import ensure_acls_async
+from spamops_runtime.acl import (
+    APPROVER,
+    OPERATOR,
+    AclRule,
+    Operation,
+    PatternType,
+    ResourceType,
+    acl_rules,
+    principals,
+    service_principal,
+)
 from spamops_runtime.kafka import H_ERROR_REASON
 from spamops_runtime.replay import read_topic
 from spamops_runtime.settings import PlatformSettings
@@ -154,6 +165,26 @@ async def test_a_service_cannot_use_another_services_group(secure: PlatformSetti
 async def test_a_service_cannot_write_another_services_topic(secure: PlatformSettings) -> None:
     with pytest.raises(TopicAuthorizationFailedError):
         await _produce(_as(secure, service_principal("monitor")), MODELS_TRAINED, b"{}")
+
+
+async def test_acls_follow_the_table_both_ways(secure: PlatformSettings) -> None:
+    """A binding the table no longer grants is removed at the next start's ACL sync."""
+    monitor = _as(secure, service_principal("monitor"))
+    extra = AclRule(
+        service_principal("monitor"),
+        ResourceType.TOPIC,
+        MODELS_TRAINED,
+        PatternType.LITERAL,
+        Operation.WRITE,
+    )
+    options = _as(secure, "admin").kafka_client_options()
+    wider = [*acl_rules(), extra]
+    assert await ensure_acls_async(secure.kafka_bootstrap, options, wider) == (1, 0)
+    await _produce(monitor, MODELS_TRAINED, b"{}")  # granted now
+    assert await ensure_acls_async(secure.kafka_bootstrap, options) == (0, 1)
+    with pytest.raises(TopicAuthorizationFailedError):
+        await _produce(monitor, MODELS_TRAINED, b"{}")
+    assert await ensure_acls_async(secure.kafka_bootstrap, options) == (0, 0)
 
 
 # ----------------------------------------------------------------- (d)

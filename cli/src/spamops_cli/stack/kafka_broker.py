@@ -258,6 +258,19 @@ class Kafka(Component):
         lines += [f"{key}={value}" for key, value in values.items()]
         return "\n".join(lines) + "\n"
 
+    def _seed_admin_password(self) -> None:
+        """An admin password given in the settings becomes the stack's admin password.
+
+        Only when none was generated yet: ``SPAMOPS_KAFKA_SASL_USERNAME=admin`` with
+        a password (file) lets scripts and tests know it before the stack exists.
+        """
+        target = secrets.password_file(self.settings, ADMIN)
+        if self.settings.kafka_sasl_username != ADMIN or target.exists():
+            return
+        given = self.settings.kafka_password()
+        if given and self.settings.kafka_sasl_password_file != target:
+            secrets.write_private(target, given + "\n")
+
     def _scram_digest(self) -> str:
         """Users and a digest of their passwords, to tell whether the storage knows them."""
         digest = hashlib.sha256()
@@ -269,6 +282,7 @@ class Kafka(Component):
         """Write server.properties and the log4j2 config; format the storage once."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.secure:
+            self._seed_admin_password()
             secrets.ensure_passwords(self.settings)
             secrets.set_secure_state(self.settings, True)
             # The broker's own passwords are in it: owner only.

@@ -10,8 +10,8 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
-from aiokafka.protocol.admin import CreateAclsRequest
-from spamops_runtime.acl import ALLOW, AclRule, acl_rules
+from aiokafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest, DescribeAclsRequest
+from spamops_runtime.acl import ACCESS, ALLOW, AclRule, acl_rules
 from spamops_runtime.settings import PlatformSettings
 from spamops_schemas.topics import all_topic_names, catalogue, topic_configs
 
@@ -140,42 +140,91 @@ async def ensure_topics_async(
     return created
 
 
+# A binding on the wire: resource type, name, pattern type, principal, host, operation,
+# permission type (Kafka's codes).
+Binding = tuple[int, str, int, str, str, int, int]
+ANY = 1  # the ANY code of every ACL enum (a filter that matches everything)
+
+
+def _binding(rule: AclRule) -> Binding:
+    return (
+        int(rule.resource_type),
+        rule.resource,
+        int(rule.pattern),
+        rule.kafka_principal,
+        "*",
+        int(rule.operation),
+        ALLOW,
+    )
+
+
+def _check(response: Any, key: str, what: str) -> None:
+    obj = response.to_object()
+    items = obj.get(key, [obj]) if key else [obj]
+    for item in items:
+        code = int(item.get("error_code", 0))
+        if code:
+            raise StackError(
+                f"kafka: {what} failed: {for_code(code).__name__} {item.get('error_message') or ''}"
+            )
+
+
 async def ensure_acls_async(
     bootstrap: str,
     client_options: Mapping[str, Any],
     rules: Iterable[AclRule] | None = None,
-) -> int:
-    """Create the ALLOW ACLs of ``rules`` (default: the ACL table); idempotent.
+    *,
+    managed: Iterable[str] | None = None,
+) -> tuple[int, int]:
+    """Make the ACLs of the ``managed`` principals exactly ``rules``; idempotent.
 
-    Kafka treats an existing binding as created, so this runs at every start.
-    ``client_options`` must authenticate a super user. Returns how many were sent.
+    ``rules`` default to the ACL table, ``managed`` to its principals. Missing
+    bindings are created (Kafka treats an existing one as created); bindings of
+    a managed principal that the rules no longer grant are deleted, so
+    narrowing the table narrows the cluster. Other principals' ACLs are left
+    alone. ``client_options`` must authenticate a super user. Returns
+    (created, deleted).
     """
-    wanted = list(acl_rules() if rules is None else rules)
+    wanted = {_binding(rule) for rule in (acl_rules() if rules is None else rules)}
+    ours = {f"User:{name}" for name in (ACCESS if managed is None else managed)}
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap, request_timeout_ms=15000, **dict(client_options)
     )
     await admin.start()
     try:
-        for rule in wanted:
-            request = CreateAclsRequest(
-                int(rule.resource_type),
-                rule.resource,
-                int(rule.pattern),
-                rule.kafka_principal,
-                "*",
-                int(rule.operation),
-                ALLOW,
-            )
-            response = await admin._send_request(request)  # no public API in 0.14
-            for item in response.to_object()["creation_responses"]:
-                code = int(item["error_code"])
-                if code:
-                    error = for_code(code)
-                    raise StackError(
-                        f"kafka: creating ACL {rule} failed: {error.__name__} "
-                        f"{item.get('error_message') or ''}"
+        # The public admin API of aiokafka 0.14 has no ACL calls: send the requests.
+        described = await admin._send_request(
+            DescribeAclsRequest(ANY, None, ANY, None, None, ANY, ANY)  # type: ignore[arg-type]
+        )
+        _check(described, "", "describing ACLs")
+        existing: set[Binding] = set()
+        for resource in described.to_object()["resources"]:
+            for acl in resource["acls"]:
+                existing.add(
+                    (
+                        int(resource["resource_type"]),
+                        str(resource["resource_name"]),
+                        int(resource.get("resource_pattern_type", 3)),
+                        str(acl["principal"]),
+                        str(acl["host"]),
+                        int(acl["operation"]),
+                        int(acl["permission_type"]),
                     )
+                )
+        missing = sorted(wanted - existing)
+        stale = sorted(b for b in existing - wanted if b[3] in ours)
+        for binding in missing:
+            response = await admin._send_request(CreateAclsRequest(*binding))
+            _check(response, "creation_responses", f"creating ACL {binding}")
+        for binding in stale:
+            response = await admin._send_request(DeleteAclsRequest(*binding))
+            _check(response, "filter_responses", f"deleting ACL {binding}")
     finally:
         await admin.close()
-    logger.info("kafka: %d ACLs in place", len(wanted))
-    return len(wanted)
+    logger.info(
+        "kafka: %d ACLs in place (%d created, %d stale removed)",
+        len(wanted), len(missing), len(stale),
+    )  # fmt: skip
+    if stale:
+        logger.warning("kafka: removed ACLs the table no longer grants: %s", stale)
+    return len(missing), len(stale)
