@@ -218,3 +218,21 @@ def test_each_service_gets_its_own_principal_and_only_a_file(
     plain = PlatformSettings(home=tmp_path, kafka_sasl_username=None, kafka_sasl_password=None)
     env = SERVICES[0](plain, StackPaths.from_settings(plain)).env()
     assert "SPAMOPS_KAFKA_SASL_USERNAME" not in env
+
+
+def test_an_admin_password_in_the_settings_seeds_the_stack(tmp_path: Path) -> None:
+    settings = _secure(
+        tmp_path, kafka_sasl_username="admin", kafka_sasl_password=SecretStr("chosen-pw")
+    )
+    kafka = Kafka(settings, StackPaths.from_settings(settings))
+    kafka._seed_admin_password()
+    ensure_passwords(settings)
+    assert read_password(settings, ADMIN) == "chosen-pw"
+    assert stat.S_IMODE(password_file(settings, ADMIN).stat().st_mode) == 0o600
+    assert kafka.admin_options()["sasl_plain_password"] == "chosen-pw"
+    # Another user's password never becomes the admin's.
+    other = _secure(
+        tmp_path / "b", kafka_sasl_username="operator", kafka_sasl_password=SecretStr("x")
+    )
+    Kafka(other, StackPaths.from_settings(other))._seed_admin_password()
+    assert not password_file(other, ADMIN).exists()
