@@ -236,3 +236,14 @@ def test_an_admin_password_in_the_settings_seeds_the_stack(tmp_path: Path) -> No
     )
     Kafka(other, StackPaths.from_settings(other))._seed_admin_password()
     assert not password_file(other, ADMIN).exists()
+
+
+def test_a_secured_broker_does_not_try_to_create_topics(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("pw\n")
+    settings = _secure(tmp_path).as_kafka_user("spamops-inference", secret)
+    assert (
+        make_broker(settings, client_id="t").config.broker_config.allow_auto_create_topics is False
+    )
+    plain = PlatformSettings(kafka_security_protocol="PLAINTEXT")
+    assert make_broker(plain, client_id="t").config.broker_config.allow_auto_create_topics is True

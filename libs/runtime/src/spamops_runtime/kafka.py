@@ -105,6 +105,9 @@ def make_broker(platform: PlatformSettings, *, client_id: str, **kwargs: Any) ->
     sasl = platform.kafka_client_options()
     if sasl:
         options["security"] = SASLScram512(sasl["sasl_plain_username"], sasl["sasl_plain_password"])
+        # Topics are the admin's business on a secured cluster: a service has no Create
+        # right, so FastStream's attempt would only log an authorization warning.
+        options["allow_auto_create_topics"] = False
     options.update(kwargs)
     return KafkaBroker(platform.kafka_bootstrap, **options)
 
