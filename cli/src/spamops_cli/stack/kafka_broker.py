@@ -328,7 +328,7 @@ class Kafka(Component):
             self.run_tool([java, f"@{argfile}"], what="storage format (with SCRAM users)")
         finally:
             argfile.unlink(missing_ok=True)
-        self.scram_users_file.write_text(self._scram_digest())
+        secrets.write_private(self.scram_users_file, self._scram_digest())
 
     def _formatted_digest(self) -> str:
         try:
