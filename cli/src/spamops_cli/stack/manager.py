@@ -42,6 +42,7 @@ COMPONENT_NAMES: tuple[str, ...] = tuple(c.name for c in COMPONENTS)
 INFRASTRUCTURE_NAMES: tuple[str, ...] = tuple(c.name for c in INFRASTRUCTURE)
 SERVICE_NAMES: tuple[str, ...] = tuple(c.name for c in SERVICES)
 UNKNOWN_STOP_TIMEOUT = 30.0
+PORT_RELEASE_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,12 @@ def _start(component: Component) -> None:
     settings = component.settings
     component.pid_file.unlink(missing_ok=True)  # stale: its process is gone
     busy = [port for port in component.ports() if port_in_use(settings.host, port)]
+    # A process killed a moment ago may still be closing its sockets (its other
+    # threads outlive the leader's zombie): give the ports a few seconds.
+    deadline = time.monotonic() + PORT_RELEASE_WAIT_S
+    while busy and time.monotonic() < deadline:
+        time.sleep(0.2)
+        busy = [port for port in busy if port_in_use(settings.host, port)]
     if busy:
         raise StackError(
             f"{component.name}: port(s) {busy} on {settings.host} are already in use by "

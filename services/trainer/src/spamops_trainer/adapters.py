@@ -152,8 +152,7 @@ class MlflowTracker:
         abandoned = self._client.search_runs(
             [experiment],
             filter_string=(
-                f"tags.`{TAG_SOURCE_EVENT}` = '{source_event_id}' "
-                "and attributes.status = 'RUNNING'"
+                f"tags.`{TAG_SOURCE_EVENT}` = '{source_event_id}' and attributes.status = 'RUNNING'"
             ),
         )
         closed = []

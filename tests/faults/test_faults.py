@@ -1,0 +1,285 @@
+"""Fault drills on the real platform: while emails flow, hurt one part, then count.
+
+One stack runs everything (Kafka, Redis, MLflow, Triton and the four services);
+a tiny training gives a production model. Each drill streams numbered emails,
+injects one fault (kill -9 of a service, Kafka restarted, Triton or Redis
+stopped, MLflow stopped while a model is registered), repairs it and checks:
+every email has a verdict (duplicates allowed, loss not), nothing is left
+half-done, and the hurt service logged what happened. The numbers are printed
+(and appended to $SPAMOPS_FAULTS_REPORT when set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+
+import mlflow
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
+from spamops_cli import stack as local_stack
+from spamops_cli.stack.paths import StackPaths
+from spamops_cli.stack.process import kill_group, read_pid, wait_group_gone
+from spamops_runtime.settings import PlatformSettings
+from spamops_schemas import DatasetReady, ModelRegistered, ModelTrained
+
+from tests.faults.drill import Drill
+from tests.integration.conftest import StackFactory
+from tests.integration.helpers import events_on, send, spamops
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]
+
+MODEL = "spam-detector"
+ENV = {
+    "SPAMOPS_TRAINER_NUM_SAMPLES": "2",
+    "SPAMOPS_TRAINER_MAX_ESTIMATORS": "50",
+    "SPAMOPS_TRAINER_GRACE_REPORTS": "1",
+    "SPAMOPS_REGISTRY_BRIDGE_MIN_F1": "0.6",
+    "SPAMOPS_REGISTRY_BRIDGE_MAX_FALSE_POSITIVE_RATE": "0.2",
+    "SPAMOPS_REGISTRY_BRIDGE_CHAMPION_MARGIN": "1.0",
+    # No drift window completes during the drills: no retraining in the middle.
+    "SPAMOPS_MONITOR_WINDOW_SIZE": "100000",
+}
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[None]:
+    """The drills' service settings, also for services restarted by a drill."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in ENV.items():
+            patch.setenv(key, value)
+        yield
+
+
+@pytest.fixture(scope="module")
+def platform(stack_factory: StackFactory, env: None) -> Iterator[PlatformSettings]:
+    """Every component running, a small model trained, registered and in production."""
+    settings = stack_factory(components=local_stack.COMPONENT_NAMES, name="faults-stack")
+    result = spamops(
+        settings, "ingest", "--groups", "easy-ham-2,spam-1", "--promote-first",
+        "--timeout-minutes", "10",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    yield settings
+    local_stack.down(settings)
+
+
+# ------------------------------------------------------------------ helpers
+def kill_9(settings: PlatformSettings, name: str) -> int:
+    """SIGKILL a component's whole process group (no goodbye, no last commit)."""
+    pid = read_pid(StackPaths.from_settings(settings).pid_file(name))
+    assert pid is not None, f"{name} is not running"
+    kill_group(pid)
+    assert wait_group_gone(pid, 10), f"{name} (pid {pid}) survived SIGKILL"
+    return pid
+
+
+def restart(settings: PlatformSettings, name: str) -> float:
+    """Start a stopped component again and wait until it is ready; returns the seconds."""
+    began = time.monotonic()
+    local_stack.up(settings, components=[name])
+    return round(time.monotonic() - began, 2)
+
+
+def log_of(settings: PlatformSettings, name: str) -> str:
+    """The component's log (every start appends to it)."""
+    return StackPaths.from_settings(settings).log_file(name).read_text(errors="replace")
+
+
+def assert_nothing_lost(drill: Drill) -> None:
+    report = drill.finish()
+    assert report.lost == 0, report
+    assert report.dead_letters == 0, report
+    assert report.verdicts == len(drill.keys), report
+
+
+def first_event(settings: PlatformSettings, topic: str, cls: type, **fields: object) -> list:  # type: ignore[type-arg]
+    def match(e: object) -> bool:
+        return isinstance(e, cls) and all(getattr(e, k) == v for k, v in fields.items())
+
+    return [e for e, _ in asyncio.run(events_on(settings, topic, match, wait_s=300))]
+
+
+def model_trained(settings: PlatformSettings) -> ModelTrained:
+    """The platform's first ModelTrained (the fixture's training)."""
+    return first_event(settings, "models.trained", ModelTrained)[0]  # type: ignore[no-any-return]
+
+
+def committed_lag(settings: PlatformSettings, group: str, topic: str) -> int:
+    """Records of ``topic`` not yet committed by consumer group ``group``."""
+
+    async def lag() -> int:
+        from aiokafka import AIOKafkaConsumer
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        await consumer.start()
+        try:
+            committed = await admin.list_consumer_group_offsets(group)
+            parts = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in parts]
+            ends = await consumer.end_offsets(tps)
+            return sum(ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps)
+        finally:
+            await consumer.stop()
+            await admin.close()
+
+    return asyncio.run(lag())
+
+
+# ------------------------------------------------------------ kill -9 services
+def test_inference_killed_mid_stream_loses_nothing(platform: PlatformSettings) -> None:
+    with Drill(platform, "kill-inference", count=1500, rate=60) as drill:
+        drill.sleep_until(8)
+        kill_9(platform, "inference")
+        drill.report.notes["restart_s"] = restart(platform, "inference")
+        drill.repaired()
+    assert_nothing_lost(drill)
+    # Its log shows the second start and the models it serves again.
+    assert log_of(platform, "inference").count("spamops starts") >= 2
+
+
+def test_trainer_killed_mid_training_trains_once_and_closes_the_abandoned_run(
+    platform: PlatformSettings,
+) -> None:
+    [first] = first_event(platform, "datasets.ready", DatasetReady)
+    again = first.model_copy(update={"event_id": uuid.uuid4()})
+    client = mlflow.MlflowClient(platform.mlflow_uri)
+    query = f"tags.`spamops.source_event_id` = '{again.event_id}'"
+    with Drill(platform, "kill-trainer", count=600, rate=40) as drill:
+        asyncio.run(send(platform, "datasets.ready", [(again.dataset_id, again.to_bytes())]))
+        deadline = time.monotonic() + 120
+        while not client.search_runs([e.experiment_id for e in client.search_experiments()], query):
+            assert time.monotonic() < deadline, "the training never started"
+            time.sleep(0.5)
+        time.sleep(2)  # inside the search
+        kill_9(platform, "trainer")
+        drill.report.notes["restart_s"] = restart(platform, "trainer")
+        repaired_at = drill.repaired()
+        [trained] = first_event(
+            platform, "models.trained", ModelTrained, causation_id=again.event_id
+        )
+        drill.report.notes["retrained_after_restart_s"] = round(time.time() - repaired_at, 1)
+    assert_nothing_lost(drill)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], query)
+    statuses = sorted(r.info.status for r in runs)
+    assert statuses == ["FINISHED", "KILLED"], statuses  # one training, the other closed
+    assert trained.run_id in {r.info.run_id for r in runs if r.info.status == "FINISHED"}
+    assert "previous training of this event was interrupted" in log_of(platform, "trainer")
+
+
+def test_registry_bridge_killed_mid_registration_registers_once(
+    platform: PlatformSettings,
+) -> None:
+    trained = model_trained(platform).model_copy(update={"event_id": uuid.uuid4()})
+    with Drill(platform, "kill-bridge", count=600, rate=40) as drill:
+        asyncio.run(send(platform, "models.trained", [(trained.run_id, trained.to_bytes())]))
+        time.sleep(3)  # registration takes several seconds: export, parity, Triton load
+        kill_9(platform, "registry-bridge")
+        drill.report.notes["restart_s"] = restart(platform, "registry-bridge")
+        drill.repaired()
+        registered = first_event(
+            platform, "models.registered", ModelRegistered, causation_id=trained.event_id
+        )
+    assert_nothing_lost(drill)
+    assert len({e.event_id for e in registered}) == 1  # a resumed step republishes the same id
+    assert_no_version_half_done(platform)
+
+
+def assert_no_version_half_done(settings: PlatformSettings) -> None:
+    client = mlflow.MlflowClient(settings.mlflow_uri)
+    for version in client.search_model_versions(f"name = '{MODEL}'"):
+        assert version.tags.get("spamops.model_registered_published") == "true", (
+            version.version,
+            version.tags,
+        )
+
+
+def test_monitor_killed_mid_stream_catches_up(platform: PlatformSettings) -> None:
+    with Drill(platform, "kill-monitor", count=600, rate=40) as drill:
+        drill.sleep_until(5)
+        kill_9(platform, "monitor")
+        drill.report.notes["restart_s"] = restart(platform, "monitor")
+        repaired_at = drill.repaired()
+    assert_nothing_lost(drill)
+    deadline = time.monotonic() + 120
+    while (lag := committed_lag(platform, "spamops-monitor", "emails.verdicts")) > 0:
+        assert time.monotonic() < deadline, f"monitor still {lag} verdicts behind"
+        time.sleep(2)
+    print(f"monitor caught up {time.time() - repaired_at:.1f}s after its restart")
+    assert log_of(platform, "monitor").count("spamops starts") >= 2
+
+
+# ------------------------------------------------------------ infrastructure
+def test_kafka_restarted_mid_stream_loses_nothing(platform: PlatformSettings) -> None:
+    with Drill(platform, "restart-kafka", count=1200, rate=40) as drill:
+        drill.sleep_until(8)
+        local_stack.stop(platform, ["kafka"])
+        time.sleep(3)
+        drill.report.notes["restart_s"] = restart(platform, "kafka")
+        drill.repaired()
+    assert_nothing_lost(drill)
+    for service in local_stack.SERVICE_NAMES:  # every service survived the outage
+        assert next(s for s in local_stack.status(platform) if s.name == service).ready
+
+
+def test_triton_stopped_30s_delays_but_loses_nothing(platform: PlatformSettings) -> None:
+    with Drill(platform, "stop-triton", count=2000, rate=40) as drill:
+        drill.sleep_until(8)
+        local_stack.stop(platform, ["triton"])
+        time.sleep(30)
+        drill.report.notes["restart_s"] = restart(platform, "triton")
+        drill.repaired()
+    report = drill.finish()
+    assert report.lost == 0 and report.dead_letters == 0, report
+    assert report.longest_verdict_gap_s >= 25  # nothing was classified without Triton
+    assert "triton" in log_of(platform, "inference").lower()
+
+
+def test_redis_stopped_degrades_reputation_and_loses_nothing(platform: PlatformSettings) -> None:
+    with Drill(platform, "stop-redis", count=800, rate=40) as drill:
+        drill.sleep_until(5)
+        local_stack.stop(platform, ["redis"])
+        drill.sleep_until(15)
+        drill.report.notes["restart_s"] = restart(platform, "redis")
+        drill.repaired()
+    assert_nothing_lost(drill)
+    assert "reputation" in log_of(platform, "inference").lower()
+
+
+def test_mlflow_stopped_during_a_registration_finishes_it_later(
+    platform: PlatformSettings,
+) -> None:
+    trained = model_trained(platform).model_copy(update={"event_id": uuid.uuid4()})
+    with Drill(platform, "stop-mlflow", count=800, rate=40) as drill:
+        asyncio.run(send(platform, "models.trained", [(trained.run_id, trained.to_bytes())]))
+        time.sleep(2)
+        local_stack.stop(platform, ["mlflow"])
+        time.sleep(15)
+        drill.report.notes["restart_s"] = restart(platform, "mlflow")
+        repaired_at = drill.repaired()
+        registered = first_event(
+            platform, "models.registered", ModelRegistered, causation_id=trained.event_id
+        )
+        drill.report.notes["registered_after_repair_s"] = round(time.time() - repaired_at, 1)
+    assert_nothing_lost(drill)
+    assert len({e.event_id for e in registered}) == 1
+    assert_no_version_half_done(platform)
+    dead = first_event_or_none(platform, "models.trained.dlq", trained)
+    assert dead is None, "the registration was dead-lettered instead of resumed"
+
+
+def first_event_or_none(settings: PlatformSettings, topic: str, event: ModelTrained) -> object:
+    async def scan() -> object:
+        from spamops_runtime.replay import read_topic
+
+        async for record in read_topic(settings, topic, idle_timeout_s=0.5):
+            if str(event.event_id).encode() in record.value:
+                return record
+        return None
+
+    return asyncio.run(scan())
