@@ -56,8 +56,10 @@ class DrillReport:
     dead_letters: int = 0
     lost: int = 0
     longest_verdict_gap_s: float = 0.0  # the stream's longest pause, fault included
-    recovery_s: float = 0.0  # from the repair to the next verdict (or the service ready)
-    caught_up_s: float = 0.0  # from the repair until every message had its verdict
+    # From the repair to the next verdict / to the last verdict; None when the
+    # stream never waited for the repair (the fault did not touch the verdict path).
+    recovery_s: float | None = None
+    caught_up_s: float | None = None
     notes: dict[str, object] = field(default_factory=dict)
 
     def save(self) -> None:
@@ -161,7 +163,6 @@ class Drill:
             if done >= wanted or time.monotonic() > deadline:
                 break
             time.sleep(2)
-        caught_up = time.time()
         report = self.report
         report.verdicts = len(verdict_times)
         report.duplicates = sum(len(times) - 1 for times in verdict_times.values())
@@ -171,10 +172,10 @@ class Drill:
         stamps = sorted(t for times in verdict_times.values() for t in times)
         gaps = [b - a for a, b in itertools.pairwise(stamps)]
         report.longest_verdict_gap_s = round(max(gaps, default=0.0), 2)
-        if self.repaired_at is not None:
-            after = [t for t in stamps if t >= self.repaired_at]
-            report.recovery_s = round(after[0] - self.repaired_at, 2) if after else -1.0
-            report.caught_up_s = round(max(stamps, default=caught_up) - self.repaired_at, 2)
+        after = [t for t in stamps if self.repaired_at is not None and t >= self.repaired_at]
+        if self.repaired_at is not None and after:
+            report.recovery_s = round(after[0] - self.repaired_at, 2)
+            report.caught_up_s = round(after[-1] - self.repaired_at, 2)
         report.save()
         return report
 
