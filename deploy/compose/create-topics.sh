@@ -15,10 +15,11 @@ trap 'rm -f "$CONFIG"' EXIT
   printf 'sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="%s";\n' \
     "$(tr -d '\n' < "$ADMIN_PASSWORD_FILE")"
 } > "$CONFIG"
-create() {
+create() {  # name partitions [--config key=value ...]
+  name="$1"; partitions="$2"; shift 2
   "$BIN/kafka-topics.sh" --bootstrap-server "$BOOTSTRAP" --command-config "$CONFIG" \
     --create --if-not-exists \
-    --topic "$1" --partitions "$2" --replication-factor "$RF"
+    --topic "$name" --partitions "$partitions" --replication-factor "$RF" "$@"
 }
 create datasets.ready 1
 create models.trained 1
@@ -26,7 +27,7 @@ create models.registered 1
 create models.rejected 1
 create models.promotion-approved 1
 create models.promoted 1
-create emails.inbox 6
+create emails.inbox 6 --config max.message.bytes=11534336
 create emails.verdicts 6
 create emails.feedback 6
 create monitoring.drift 1
@@ -36,7 +37,7 @@ create models.registered.dlq 1
 create models.rejected.dlq 1
 create models.promotion-approved.dlq 1
 create models.promoted.dlq 1
-create emails.inbox.dlq 6
+create emails.inbox.dlq 6 --config max.message.bytes=11534336
 create emails.verdicts.dlq 6
 create emails.feedback.dlq 6
 create monitoring.drift.dlq 1

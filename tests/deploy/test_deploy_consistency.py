@@ -18,7 +18,7 @@ from spamops_inference.settings import InferenceSettings
 from spamops_monitor.settings import MonitorSettings
 from spamops_registry_bridge.settings import RegistryBridgeSettings
 from spamops_runtime.settings import DEFAULT_SERVICE_PORTS, PlatformSettings
-from spamops_schemas.topics import catalogue
+from spamops_schemas.topics import catalogue, topic_configs
 from spamops_trainer.settings import TrainerSettings
 
 from deploy import generate
@@ -69,12 +69,17 @@ def test_generated_files_are_current() -> None:
 
 def test_compose_topic_init_creates_the_catalogue() -> None:
     script = (ROOT / "deploy/compose/create-topics.sh").read_text()
-    created = dict(
-        (m.group(1), int(m.group(2))) for m in re.finditer(r"^create (\S+) (\d+)$", script, re.M)
-    )
-    expected = {t.name: t.partitions for t in catalogue()}
-    expected |= {t.dlq: t.partitions for t in catalogue()}
+    lines = re.finditer(r"^create (\S+) (\d+)((?: --config \S+=\S+)*)$", script, re.M)
+    created = {m.group(1): (int(m.group(2)), m.group(3)) for m in lines}
+    configs = topic_configs()
+
+    def flags(name: str) -> str:
+        return "".join(f" --config {k}={v}" for k, v in configs.get(name, {}).items())
+
+    expected = {t.name: (t.partitions, flags(t.name)) for t in catalogue()}
+    expected |= {t.dlq: (t.partitions, flags(t.dlq)) for t in catalogue()}
     assert created == expected
+    assert "max.message.bytes" in created["emails.inbox"][1]  # bombs up to the inference limit
     init = compose()["services"]["topic-init"]
     assert "./deploy/compose/create-topics.sh:/scripts/create-topics.sh:ro" in init["volumes"]
 
