@@ -29,7 +29,7 @@ TOPIC = "models.promotion-approved"
 
 
 def _wire(
-    received: list[Any], *, fail_with: Exception | None = None
+    received: list[Any], *, fail_with: Exception | None = None, batch: int | None = None
 ) -> tuple[KafkaBroker, list[Any]]:
     settings = ServiceSettings(max_attempts=2, retry_backoff_seconds=0.01)
     broker = KafkaBroker(PlatformSettings().kafka_bootstrap)
@@ -47,6 +47,7 @@ def _wire(
         handler=handler,
         settings=settings,
         service="test",
+        batch_max_records=batch,
     )
 
     @broker.subscriber(TOPIC + ".dlq")
@@ -89,6 +90,19 @@ async def test_invalid_event_goes_to_dlq_unchanged_with_reason() -> None:
     assert dead[0].headers[H_ERROR_FIELD] == "version"
     assert dead[0].headers[H_ORIGINAL_TOPIC] == TOPIC
     assert dead[1].headers[H_ERROR_REASON] == "invalid-json"
+
+
+async def test_a_batch_is_handled_record_by_record_in_order_refusals_dead_lettered() -> None:
+    received: list[Any] = []
+    broker, dead = _wire(received, batch=100)
+    events = [PromotionApproved(model_name="m", version=v, approved_by="a") for v in (1, 2)]
+    async with TestKafkaBroker(broker) as br:
+        await br.publish_batch(
+            events[0].to_bytes(), b"\x00garbage", events[1].to_bytes(), topic=TOPIC
+        )
+        await _settle()
+    assert [event for event, _ in received] == events
+    assert [d.headers[H_ERROR_REASON] for d in dead] == ["invalid-json"]
 
 
 @pytest.mark.parametrize(
@@ -145,7 +159,7 @@ async def test_a_handled_record_continues_its_trace_into_what_the_handler_publis
     async def on_out(message: KafkaMessage) -> None:
         out.append(message)
 
-    previous = trace.get_tracer_provider()
+    previous = trace._TRACER_PROVIDER  # type: ignore[attr-defined]  # None unless one is set
     trace._TRACER_PROVIDER = provider  # type: ignore[attr-defined]  # test-local provider
     try:
         async with TestKafkaBroker(broker) as br:

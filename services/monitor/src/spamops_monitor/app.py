@@ -110,7 +110,7 @@ def build_app(settings: MonitorSettings | None = None) -> FastStream:
 
     subscribe_events(
         broker, topic=EMAILS_VERDICTS, event_cls=EmailClassified, handler=verdict,
-        settings=settings, service=SERVICE,
+        settings=settings, service=SERVICE, batch_max_records=settings.batch_max_records,
     )  # fmt: skip
     subscribe_events(
         broker, topic=EMAILS_FEEDBACK, event_cls=EmailLabeled, handler=labeled,

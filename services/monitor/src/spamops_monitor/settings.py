@@ -16,6 +16,11 @@ class MonitorSettings(ServiceSettings):
 
     service_name = "monitor"
     group_id: str = "spamops-monitor"
+    batch_max_records: int = Field(
+        default=500,
+        ge=1,
+        description="Verdicts fetched (and committed) together; each is still handled in order.",
+    )
 
     # ---------------------------------------------------------------- drift windows
     window_size: int = Field(
