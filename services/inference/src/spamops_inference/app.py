@@ -27,7 +27,7 @@ from spamops_schemas.topics import (
     MODELS_REGISTERED,
 )
 
-from spamops_inference.adapters import MlflowModels, TritonScorer
+from spamops_inference.adapters import MlflowModels, RecentSenders, TritonScorer
 from spamops_inference.handlers import (
     SERVICE,
     InboxRecord,
@@ -93,7 +93,12 @@ def build_app(settings: InferenceSettings | None = None) -> FastStream:
     models = MlflowModels(platform.mlflow_uri, platform.model_name)
     catalog = ModelCatalog(models.load)
     scorer = _LazyScorer(settings)
-    deps = InferenceDeps(catalog=catalog, scorer=scorer, settings=settings)
+    deps = InferenceDeps(
+        catalog=catalog,
+        scorer=scorer,
+        settings=settings,
+        senders=RecentSenders(settings.recent_senders),
+    )
     if settings.use_reputation:
         from spamops_features.reputation import ReputationStore
 

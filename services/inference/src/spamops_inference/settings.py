@@ -26,6 +26,12 @@ class InferenceSettings(ServiceSettings):
     batch_max_records: int = Field(default=256, ge=1, description="Records per batch at most.")
     batch_timeout_ms: int = Field(default=20, ge=0, description="Wait for a batch to fill.")
     triton_batch: int = Field(default=64, ge=1, description="Rows per Triton request.")
+    recent_senders: int = Field(
+        default=200_000,
+        ge=0,
+        description="Message keys whose sender domain is remembered for later labels (about "
+        "250 bytes each: the service's memory grows by ~50 MB until this many are seen).",
+    )
     # Hostile input: every limit of the mail parser (spamops_features.mail), so a
     # message bomb is refused (dead letter with the reason) or parsed within bounded
     # time and memory. README.md "Message bombs" lists them with what each guards.
