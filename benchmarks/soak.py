@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -119,6 +120,8 @@ async def follow_verdicts(
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
     settings = PlatformSettings()
     mails = corpus(settings)
+    # The snapshot is stored group by group; a mail stream mixes them.
+    random.Random(42).shuffle(mails)
     prefix = f"soak-{uuid.uuid4().hex[:8]}-"
     seen = Verdicts()
     stop = asyncio.Event()
