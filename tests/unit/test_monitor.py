@@ -273,14 +273,15 @@ async def test_unknown_version_keeps_its_window_until_the_profile_appears(
     assert deps.profiles.reasons == {7: "unknown-version"}
     await feed(deps, sample(50, seed=10, shifted=True), "more", version=7)
     assert sink.windows == []  # nothing checked, nothing crashed
-    assert len(deps.windows.open[(MODEL, 7)]) == 100  # the newest verdicts only
+    # Three full windows wait for the profile (bounded by max_parked), none is lost.
+    assert [len(w) for w in deps.windows.parked[(MODEL, 7)]] == [100, 100, 100]
     assert sum("no reference profile: keeping" in r.message for r in caplog.records) == 1
     assert sum("window full but no reference" in r.message for r in caplog.records) == 1
     available.add(7)
     assert tick(deps) == 0  # within profile_retry_s: no new attempt yet
     clock.now += 11
     assert await deps.profiles.wait(7) is not None
-    assert tick(deps) == 1  # monitoring resumes without a new verdict
+    assert tick(deps) == 3  # monitoring resumes without a new verdict, every window checked
     event = await check_window(sink.windows[0], deps)
     assert event is not None and event.model_version == 7 and published == [event]
     assert (tmp_path / "profiles" / MODEL / "v7.parquet").is_file()  # cached per version

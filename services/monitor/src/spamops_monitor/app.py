@@ -82,7 +82,7 @@ def build_app(settings: MonitorSettings | None = None) -> FastStream:
         model_name=platform.model_name,
         windows=Windows(
             settings.window_size, settings.window_max_age_s, settings.min_window_size,
-            time.monotonic,
+            time.monotonic, max_parked=settings.pending_windows,
         ),
         profiles=ProfileStore(
             mlflow.build, root / "profiles", model_name=platform.model_name,

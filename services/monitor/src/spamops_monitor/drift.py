@@ -104,12 +104,16 @@ class Windows:
         max_age_s: float,
         min_size: int,
         clock: Callable[[], float],
+        max_parked: int = 4,
     ) -> None:
         self.size = size
         self.max_age_s = max_age_s
         self.min_size = min_size
         self.clock = clock
         self.open: dict[tuple[str, int], Window] = {}
+        # Full windows waiting for their version's reference profile (newest kept).
+        self.max_parked = max_parked
+        self.parked: dict[tuple[str, int], deque[Window]] = {}
 
     def add(self, model_name: str, version: int, row: Observation) -> Window:
         """Add a verdict to its version's open window (opened on first use)."""
@@ -119,6 +123,25 @@ class Windows:
             window = self.open[key] = Window(model_name, version, self.size, self.clock())
         window.add(row)
         return window
+
+    def park_if_full(self, model_name: str, version: int) -> bool:
+        """Set a full window aside until its profile exists; a new one opens. Returns
+        whether the oldest parked window had to be dropped to make room."""
+        key = (model_name, version)
+        window = self.open.get(key)
+        if window is None or len(window) < window.capacity:
+            return False
+        parked = self.parked.setdefault(key, deque())
+        dropped = len(parked) >= self.max_parked
+        if dropped:
+            parked.popleft()
+        parked.append(window)
+        del self.open[key]
+        return dropped
+
+    def take_parked(self, model_name: str, version: int) -> list[Window]:
+        """The version's parked windows, oldest first (removed)."""
+        return list(self.parked.pop((model_name, version), ()))
 
     def take_if_due(self, model_name: str, version: int) -> Window | None:
         """The version's window if it is due (a new one opens with the next verdict)."""

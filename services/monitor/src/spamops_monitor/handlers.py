@@ -127,8 +127,12 @@ async def on_verdict(
                 "drift window full but no reference profile yet: kept until it is available",
                 extra={"version": version, "size": len(window)},
             )
+        if deps.windows.park_if_full(event.model_name, version):
+            WINDOWS.labels(str(version), "skipped").inc()
         return
     deps._waiting.discard(version)
+    for parked in deps.windows.take_parked(event.model_name, version):
+        deps.checks.submit(parked)
     closed = deps.windows.take_if_due(event.model_name, version)
     if closed is not None:
         deps.checks.submit(closed)
@@ -385,6 +389,11 @@ def tick(deps: MonitorDeps) -> int:
     """Submit every due window whose profile is ready (time windows on an idle stream, a
     profile that appeared after its window filled). Returns how many were submitted."""
     submitted = 0
+    for model_name, version in list(deps.windows.parked):
+        if deps.profiles.get(version) is not None:
+            for parked in deps.windows.take_parked(model_name, version):
+                deps.checks.submit(parked)
+                submitted += 1
     for model_name, version in list(deps.windows.open):
         if deps.profiles.get(version) is None:
             continue
