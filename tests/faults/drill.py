@@ -14,7 +14,6 @@ import json
 import os
 import threading
 import time
-import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,23 +24,10 @@ from spamops_runtime.replay import read_topic
 from spamops_runtime.settings import PlatformSettings
 from spamops_schemas import EmailClassified, EventDecodeError, decode_event
 
+from tests.integration.helpers import sample_email
+
 # Set to a file path to collect every drill's numbers (JSON lines) for the issue note.
 REPORT_ENV = "SPAMOPS_FAULTS_REPORT"
-
-
-def email(i: int, spam: bool) -> bytes:
-    """A small, plausible email (spam or ham), unique by its Message-ID."""
-    subject = "FREE money, click now!!!" if spam else f"Re: notes from the meeting {i}"
-    body = (
-        "CLICK HERE http://198.51.100.7/win to claim your prize!!! Unsubscribe"
-        if spam
-        else "Hi, attached are the notes. See you on Monday. Regards"
-    )
-    return (
-        f"From: {'promo' if spam else 'colleague'}{i}@{'deals' if spam else 'example'}.com\n"
-        f"To: you@example.org\nSubject: {subject}\nMessage-ID: <fault-{uuid.uuid4().hex}@x>\n"
-        f"Date: Tue, 1 Oct 2002 10:00:00 +0000\n\n{body} {i}\n"
-    ).encode()
 
 
 @dataclass
@@ -116,7 +102,8 @@ class Drill:
                 for i, key in enumerate(self.keys):
                     # Steady rate from the start, whatever the retries cost.
                     await asyncio.sleep(max(0.0, self.started_at + i / self.rate - time.time()))
-                    await self._send_one(producer, key, email(i, spam=i % 3 == 0))
+                    mail = sample_email(i, spam=i % 3 == 0, id_prefix="fault")
+                    await self._send_one(producer, key, mail)
             finally:
                 await producer.stop()
         except BaseException as exc:  # surfaced by finish()

@@ -84,6 +84,21 @@ def restart(settings: PlatformSettings, name: str) -> float:
     return round(time.monotonic() - began, 2)
 
 
+def kill_and_restart(drill: Drill, settings: PlatformSettings, name: str) -> float:
+    """kill -9 ``name``, start it again, record the restart; returns the repair time."""
+    kill_9(settings, name)
+    drill.report.notes["restart_s"] = restart(settings, name)
+    return drill.repaired()
+
+
+def outage(drill: Drill, settings: PlatformSettings, name: str, down_s: float) -> float:
+    """Stop ``name`` for ``down_s`` seconds, start it again; returns the repair time."""
+    local_stack.stop(settings, [name])
+    time.sleep(down_s)
+    drill.report.notes["restart_s"] = restart(settings, name)
+    return drill.repaired()
+
+
 def log_of(settings: PlatformSettings, name: str) -> str:
     """The component's log (every start appends to it)."""
     return StackPaths.from_settings(settings).log_file(name).read_text(errors="replace")
@@ -135,9 +150,7 @@ def committed_lag(settings: PlatformSettings, group: str, topic: str) -> int:
 def test_inference_killed_mid_stream_loses_nothing(platform: PlatformSettings) -> None:
     with Drill(platform, "kill-inference", count=1500, rate=60) as drill:
         drill.sleep_until(8)
-        kill_9(platform, "inference")
-        drill.report.notes["restart_s"] = restart(platform, "inference")
-        drill.repaired()
+        kill_and_restart(drill, platform, "inference")
     assert_nothing_lost(drill)
     # Its log shows the second start and the models it serves again.
     assert log_of(platform, "inference").count("spamops starts") >= 2
@@ -157,9 +170,7 @@ def test_trainer_killed_mid_training_trains_once_and_closes_the_abandoned_run(
             assert time.monotonic() < deadline, "the training never started"
             time.sleep(0.5)
         time.sleep(2)  # inside the search
-        kill_9(platform, "trainer")
-        drill.report.notes["restart_s"] = restart(platform, "trainer")
-        repaired_at = drill.repaired()
+        repaired_at = kill_and_restart(drill, platform, "trainer")
         [trained] = first_event(
             platform, "models.trained", ModelTrained, causation_id=again.event_id
         )
@@ -179,9 +190,7 @@ def test_registry_bridge_killed_mid_registration_registers_once(
     with Drill(platform, "kill-bridge", count=600, rate=40) as drill:
         asyncio.run(send(platform, "models.trained", [(trained.run_id, trained.to_bytes())]))
         time.sleep(3)  # registration takes several seconds: export, parity, Triton load
-        kill_9(platform, "registry-bridge")
-        drill.report.notes["restart_s"] = restart(platform, "registry-bridge")
-        drill.repaired()
+        kill_and_restart(drill, platform, "registry-bridge")
         registered = first_event(
             platform, "models.registered", ModelRegistered, causation_id=trained.event_id
         )
@@ -202,9 +211,7 @@ def assert_no_version_half_done(settings: PlatformSettings) -> None:
 def test_monitor_killed_mid_stream_catches_up(platform: PlatformSettings) -> None:
     with Drill(platform, "kill-monitor", count=600, rate=40) as drill:
         drill.sleep_until(5)
-        kill_9(platform, "monitor")
-        drill.report.notes["restart_s"] = restart(platform, "monitor")
-        repaired_at = drill.repaired()
+        repaired_at = kill_and_restart(drill, platform, "monitor")
     assert_nothing_lost(drill)
     deadline = time.monotonic() + 120
     while (lag := committed_lag(platform, "spamops-monitor", "emails.verdicts")) > 0:
@@ -218,10 +225,7 @@ def test_monitor_killed_mid_stream_catches_up(platform: PlatformSettings) -> Non
 def test_kafka_restarted_mid_stream_loses_nothing(platform: PlatformSettings) -> None:
     with Drill(platform, "restart-kafka", count=1200, rate=40) as drill:
         drill.sleep_until(8)
-        local_stack.stop(platform, ["kafka"])
-        time.sleep(3)
-        drill.report.notes["restart_s"] = restart(platform, "kafka")
-        drill.repaired()
+        outage(drill, platform, "kafka", down_s=3)
     assert_nothing_lost(drill)
     for service in local_stack.SERVICE_NAMES:  # every service survived the outage
         assert next(s for s in local_stack.status(platform) if s.name == service).ready
@@ -230,10 +234,7 @@ def test_kafka_restarted_mid_stream_loses_nothing(platform: PlatformSettings) ->
 def test_triton_stopped_30s_delays_but_loses_nothing(platform: PlatformSettings) -> None:
     with Drill(platform, "stop-triton", count=2000, rate=40) as drill:
         drill.sleep_until(8)
-        local_stack.stop(platform, ["triton"])
-        time.sleep(30)
-        drill.report.notes["restart_s"] = restart(platform, "triton")
-        drill.repaired()
+        outage(drill, platform, "triton", down_s=30)
     report = drill.finish()
     assert report.lost == 0 and report.dead_letters == 0, report
     assert report.longest_verdict_gap_s >= 25  # nothing was classified without Triton
@@ -243,10 +244,7 @@ def test_triton_stopped_30s_delays_but_loses_nothing(platform: PlatformSettings)
 def test_redis_stopped_degrades_reputation_and_loses_nothing(platform: PlatformSettings) -> None:
     with Drill(platform, "stop-redis", count=800, rate=40) as drill:
         drill.sleep_until(5)
-        local_stack.stop(platform, ["redis"])
-        drill.sleep_until(15)
-        drill.report.notes["restart_s"] = restart(platform, "redis")
-        drill.repaired()
+        outage(drill, platform, "redis", down_s=10)
     assert_nothing_lost(drill)
     assert "reputation" in log_of(platform, "inference").lower()
 
@@ -258,10 +256,7 @@ def test_mlflow_stopped_during_a_registration_finishes_it_later(
     with Drill(platform, "stop-mlflow", count=800, rate=40) as drill:
         asyncio.run(send(platform, "models.trained", [(trained.run_id, trained.to_bytes())]))
         time.sleep(2)
-        local_stack.stop(platform, ["mlflow"])
-        time.sleep(15)
-        drill.report.notes["restart_s"] = restart(platform, "mlflow")
-        repaired_at = drill.repaired()
+        repaired_at = outage(drill, platform, "mlflow", down_s=15)
         registered = first_event(
             platform, "models.registered", ModelRegistered, causation_id=trained.event_id
         )

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -75,3 +76,19 @@ async def send(
             )
     finally:
         await producer.stop()
+
+
+def sample_email(i: int, spam: bool, id_prefix: str = "it") -> bytes:
+    """A small, plausible email (spam or ham), unique by its Message-ID."""
+    subject = "FREE money, click now!!!" if spam else f"Re: notes from the meeting {i}"
+    body = (
+        "CLICK HERE http://198.51.100.7/win to claim your prize!!! Unsubscribe"
+        if spam
+        else "Hi, attached are the notes. See you on Monday. Regards"
+    )
+    return (
+        f"From: {'promo' if spam else 'colleague'}{i}@{'deals' if spam else 'example'}.com\n"
+        f"To: you@example.org\nSubject: {subject}\n"
+        f"Message-ID: <{id_prefix}-{uuid.uuid4().hex}@x>\n"
+        f"Date: Tue, 1 Oct 2002 10:00:00 +0000\n\n{body} {i}\n"
+    ).encode()

@@ -39,7 +39,7 @@ from spamops_schemas import (
 )
 
 from tests.integration.conftest import StackFactory
-from tests.integration.helpers import events_on, send, spamops
+from tests.integration.helpers import events_on, sample_email, send, spamops
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -263,20 +263,6 @@ def test_promotion_rollback_and_refused_approvals(
 
 
 # ------------------------------------------------------------------ inference
-def corpus_like(i: int, spam: bool) -> bytes:
-    subject = "FREE money, click now!!!" if spam else f"Re: notes from the meeting {i}"
-    body = (
-        "CLICK HERE http://198.51.100.7/win to claim your prize!!! Unsubscribe"
-        if spam
-        else "Hi, attached are the notes. See you on Monday. Regards"
-    )
-    return (
-        f"From: {'promo' if spam else 'colleague'}{i}@{'deals' if spam else 'example'}.com\n"
-        f"To: you@example.org\nSubject: {subject}\nMessage-ID: <it-{uuid.uuid4().hex}@x>\n"
-        f"Date: Tue, 1 Oct 2002 10:00:00 +0000\n\n{body} {i}\n"
-    ).encode()
-
-
 def verdicts_for(settings: PlatformSettings, keys: set[str]) -> dict[str, list[EmailClassified]]:
     def match(e: object) -> bool:
         return isinstance(e, EmailClassified) and e.message_key in keys
@@ -299,9 +285,9 @@ def test_the_stream_classifies_with_production_and_staging(
     client = mlflow.MlflowClient(bridge_stack.mlflow_uri)
     production = int(client.get_model_version_by_alias(MODEL, "production").version)
     staging = int(client.get_model_version_by_alias(MODEL, "staging").version)
-    mails = {f"p-{i}": corpus_like(i, spam=i % 2 == 0) for i in range(20)}
+    mails = {f"p-{i}": sample_email(i, spam=i % 2 == 0) for i in range(20)}
     asyncio.run(send(bridge_stack, "emails.inbox", list(mails.items())))
-    staged = {"s-1": corpus_like(99, spam=True)}
+    staged = {"s-1": sample_email(99, spam=True)}
     asyncio.run(
         send(
             bridge_stack, "emails.inbox", list(staged.items()), headers={"x-environment": "staging"}
@@ -324,11 +310,11 @@ def test_bad_inbox_records_are_dead_lettered_and_the_stream_goes_on(
     bridge_stack: PlatformSettings,
     registered_v1: tuple[ModelTrained, ModelRegistered, float],
 ) -> None:
-    bad = {"bad-empty": b"", "bad-big": corpus_like(1, True) + b"x" * 300_000}
-    good = {"after-bad": corpus_like(2, False)}
+    bad = {"bad-empty": b"", "bad-big": sample_email(1, True) + b"x" * 300_000}
+    good = {"after-bad": sample_email(2, False)}
     asyncio.run(send(bridge_stack, "emails.inbox", [*bad.items(), *good.items()]))
     asyncio.run(
-        send(bridge_stack, "emails.inbox", [("bad-env", corpus_like(3, False))],
+        send(bridge_stack, "emails.inbox", [("bad-env", sample_email(3, False))],
              headers={"x-environment": "canary"})
     )  # fmt: skip
     reasons: dict[str, str] = {}
@@ -360,7 +346,7 @@ def test_a_promotion_while_the_stream_flows_loses_and_mixes_nothing(
     client = mlflow.MlflowClient(bridge_stack.mlflow_uri)
     before = int(client.get_model_version_by_alias(MODEL, "production").version)
     target = 2 if before == 1 else 1
-    mails = {f"flow-{i}": corpus_like(i, spam=i % 3 == 0) for i in range(400)}
+    mails = {f"flow-{i}": sample_email(i, spam=i % 3 == 0) for i in range(400)}
     items = list(mails.items())
     approval = PromotionApproved(model_name=MODEL, version=target, approved_by="alice")
 
@@ -406,7 +392,7 @@ def test_an_outside_client_kcat_drives_the_platform(
     assert KCAT is not None
     broker = bridge_stack.kafka_bootstrap
     eml = tmp_path / "mail.eml"
-    eml.write_bytes(corpus_like(7, spam=True))
+    eml.write_bytes(sample_email(7, spam=True))
     key = f"kcat-{uuid.uuid4().hex[:8]}"
     trace_id = uuid.uuid4().hex
     traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
