@@ -46,7 +46,7 @@ asyncapi: ## Regenerate the services' AsyncAPI documents (docs/asyncapi/)
 clean: down ## Stop the stack and delete its state (.spamops/)
 	rm -rf .spamops
 
-# --- deploy files (issue 8): real tools, installed once into .spamops/tools/deploy/ ---
+# --- deploy files (issue 8): real tools, built once per machine into ~/.cache/spamops/deploy-tools/ ---
 .PHONY: deploy-check
 deploy-check: ## kustomize build, docker compose config, tofu fmt, checkov over deploy files
 	@bash scripts/deploy_check.sh

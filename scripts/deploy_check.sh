@@ -5,11 +5,12 @@
 #   - docker compose config                      (the compose CLI plugin, built from the Go module proxy)
 #   - tofu fmt -check of terraform/              (OpenTofu, built from the Go module proxy)
 #   - checkov over Dockerfiles, compose, the built manifests and Terraform (PyPI)
-# Tools are installed once, idempotently, into .spamops/tools/deploy/ (pinned versions).
+# Tools are built once per machine, idempotently, into ~/.cache/spamops/deploy-tools (pinned
+# versions; SPAMOPS_DEPLOY_TOOLS overrides): outside the clone, so a fresh clone reuses them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-TOOLS="${SPAMOPS_DEPLOY_TOOLS:-$ROOT/.spamops/tools/deploy}"
+TOOLS="${SPAMOPS_DEPLOY_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/spamops/deploy-tools}"
 BIN="$TOOLS/bin"
 mkdir -p "$BIN"
 
