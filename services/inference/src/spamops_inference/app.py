@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
-from faststream import AckPolicy, FastStream
-from faststream.kafka.annotations import KafkaMessage
+from faststream import FastStream
 from spamops_runtime.kafka import (
     RecordContext,
     dead_letter,
     make_broker,
     publish_event,
     subscribe_events,
+    subscribe_records,
 )
 from spamops_runtime.logs import configure_logging
 from spamops_runtime.service import service_app
@@ -60,21 +62,17 @@ class _LazyScorer:
         return await self.client.score(model, version, x)
 
 
-def _records(message: KafkaMessage) -> list[InboxRecord]:
-    raw = message.raw_message
-    batch = raw if isinstance(raw, tuple) else (raw,)
-    return [
-        InboxRecord(
-            topic=r.topic,
-            partition=r.partition,
-            offset=r.offset,
-            key=r.key.decode("utf-8", "replace") if r.key is not None else None,
-            value=r.value or b"",
-            headers={k: v.decode("utf-8", "replace") for k, v in (r.headers or ())},
-            timestamp_ms=r.timestamp,
-        )
-        for r in batch
-    ]
+def inbox_record(record: RecordContext) -> InboxRecord:
+    """The inference view of one inbox record (headers already decoded tolerantly)."""
+    return InboxRecord(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.raw,
+        headers=dict(record.headers),
+        timestamp_ms=record.timestamp_ms,
+    )
 
 
 def build_app(settings: InferenceSettings | None = None) -> FastStream:
@@ -123,19 +121,12 @@ def build_app(settings: InferenceSettings | None = None) -> FastStream:
                 broker, verdict, key=record.key or verdict.message_key, service=SERVICE
             )
 
-    @broker.subscriber(
-        EMAILS_INBOX,
-        group_id=settings.group_id,
-        batch=True,
-        max_records=settings.batch_max_records,
-        batch_timeout_ms=settings.batch_timeout_ms,
-        ack_policy=AckPolicy.MANUAL,
-        auto_offset_reset="earliest",
-        title=f"{SERVICE}:{EMAILS_INBOX}",
-    )
-    async def on_inbox(message: KafkaMessage) -> None:
+    async def on_inbox(
+        contexts: Sequence[RecordContext], settle: Callable[[RecordContext], None]
+    ) -> None:
         """inference: raw RFC 822 emails from emails.inbox -> EmailClassified on emails.verdicts."""
-        records = _records(message)
+        records = [inbox_record(c) for c in contexts]
+        by_offset = {(c.topic, c.partition, c.offset): c for c in contexts}
         BATCH_SIZE.observe(len(records))
         result = await classify_batch(records, deps)
         # Every verdict acknowledged by Kafka (and every refusal dead-lettered) before the
@@ -148,14 +139,27 @@ def build_app(settings: InferenceSettings | None = None) -> FastStream:
             value, headers = fit_dead_letter(r, settings.dead_letter_max_bytes)
             await dead_letter(
                 broker,
-                RecordContext(
-                    r.topic, r.partition, r.offset, r.key, headers, r.timestamp_ms, value
-                ),
+                replace(by_offset[(r.topic, r.partition, r.offset)], headers=headers, raw=value),
                 reason=refused.reason,
                 error=refused.message,
                 service=SERVICE,
             )
-        await message.ack()
+        for context in contexts:
+            settle(context)
+
+    # Raw bytes whatever the record's headers say (a kcat user may send content-type
+    # application/json with mail in it); settled records committed per partition.
+    subscribe_records(
+        broker,
+        topic=EMAILS_INBOX,
+        handler=on_inbox,
+        settings=settings,
+        service=SERVICE,
+        batch_max_records=settings.batch_max_records,
+        batch_timeout_ms=settings.batch_timeout_ms,
+        name="on_inbox",
+        description=on_inbox.__doc__,
+    )
 
     # Every instance must see every switch: a group of its own, from the latest offset
     # (the current aliases are read from MLflow at start).
