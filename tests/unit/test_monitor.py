@@ -118,7 +118,12 @@ class Recorder:
 
 
 def make_deps(
-    tmp_path: Path, build: Any, clock: Clock, *, window: int = 300, reporter: Any = None,
+    tmp_path: Path,
+    build: Any,
+    clock: Clock,
+    *,
+    window: int = 300,
+    reporter: Any = None,
     **overrides: Any,
 ) -> tuple[MonitorDeps, list[DriftDetected], ListSink, Recorder]:
     settings = MonitorSettings(
@@ -483,3 +488,172 @@ async def test_webhook_gives_up_on_client_errors_and_never_blocks_the_caller() -
     release.set()
     await hook.close(wait_s=2)
     assert seen == [1, 1]  # 400: one attempt each, no retries
+
+
+# ------------------------------------------------------------------ state that outlives a crash
+class NoReport(EvidentlyDrift):
+    """No Evidently (slow) where the report is not the point."""
+
+    def check(self, reference: pd.DataFrame, current: pd.DataFrame) -> Any:
+        raise RuntimeError("no report in this test")
+
+
+class FakeWiring:
+    """What spamops_runtime.kafka does with a commit floor: handle a batch of a partition's
+    records, ask the floor, commit min(end of batch, floor)."""
+
+    def __init__(self, topic: str, floor: Any) -> None:
+        self.topic = topic
+        self.floor = floor
+        self.committed: dict[int, int] = {}
+
+    def commit(self, ends: dict[int, int]) -> None:
+        for partition, end in ends.items():
+            floor = self.floor(self.topic, partition)
+            self.committed[partition] = end if floor is None else min(end, floor)
+
+
+async def run_life(
+    deps: MonitorDeps,
+    sink: ListSink,
+    records: list[tuple[int, int, EmailClassified]],
+    wiring: FakeWiring,
+    evaluated: list[Window],
+    *,
+    kill_after: int | None = None,
+    batch: int = 40,
+) -> None:
+    """Feed ``records`` from the committed offsets in batches; every other batch the
+    checker catches up. ``kill_after``: stop dead (no flush, no commit) after that many."""
+    todo = [r for r in records if r[1] >= wiring.committed.get(r[0], 0)]
+    handled = 0
+    for start in range(0, len(todo), batch):
+        ends: dict[int, int] = {}
+        for partition, offset, event in todo[start : start + batch]:
+            await on_verdict(event, partition, offset, 0, deps)
+            ends[partition] = offset + 1
+            handled += 1
+            if handled == kill_after:
+                return  # kill -9: the in-memory windows and unflushed writes are gone
+        if (start // batch) % 2:
+            while sink.windows:
+                window = sink.windows.pop(0)
+                await check_window(window, deps)
+                evaluated.append(window)
+        wiring.commit(ends)
+
+
+async def test_after_a_kill_mid_window_the_windows_cover_every_verdict_exactly_once(
+    tmp_path: Path,
+) -> None:
+    from spamops_monitor.handlers import commit_floor
+
+    frame = sample(2 * 260, seed=31)
+    records = [
+        (i % 2, i // 2, verdict(floats(row), f"k{i}"))
+        for i, row in enumerate(frame.to_dict("records"))
+    ]  # two partitions, 260 verdicts each, interleaved
+    evaluated: list[Window] = []
+    first, _, sink1, _ = make_deps(
+        tmp_path, lambda v: reference_profile(v), Clock(), window=50, reporter=NoReport()
+    )
+    await first.profiles.wait(1)
+    wiring = FakeWiring("emails.verdicts", lambda t, p: commit_floor(t, p, first))
+    await run_life(first, sink1, records, wiring, evaluated, kill_after=365)
+    assert sink1.windows and first.windows.open  # windows were lost mid-flight
+    assert all(wiring.committed[p] < 260 for p in (0, 1))
+
+    second, _, sink2, _ = make_deps(
+        tmp_path, lambda v: reference_profile(v), Clock(), window=50, reporter=NoReport()
+    )
+    await second.profiles.wait(1)
+    wiring.floor = lambda t, p: commit_floor(t, p, second)
+    await run_life(second, sink2, records, wiring, evaluated)
+    for window in sink2.windows:
+        await check_window(window, second)
+        evaluated.append(window)
+    [still_open] = second.windows.open.values()
+    counted: dict[int, list[int]] = {0: [], 1: []}
+    for window in [*evaluated, still_open]:
+        for partition, first_offset in window.first_offsets.items():
+            counted[partition] += range(first_offset, window.last_offsets[partition] + 1)
+    assert sum(len(w) for w in [*evaluated, still_open]) == 520
+    assert sorted(counted[0]) == list(range(260)) == sorted(counted[1])  # once each
+    assert wiring.committed == {p: still_open.first_offsets[p] for p in (0, 1)}
+
+
+async def test_the_label_join_survives_a_crash_without_double_counting(tmp_path: Path) -> None:
+    deps, _, _, _ = make_deps(tmp_path, lambda v: reference_profile(v), Clock(), window=50)
+    for i in range(30):
+        await on_verdict(verdict({PROBABILITY: 0.9}, f"k{i}"), 0, i, 0, deps)
+    for i in range(10):
+        label = EmailLabeled(producer="t", message_key=f"k{i}", label="spam")
+        await on_labeled(label, deps, partition=3, offset=i)
+    # the wiring asks the floor before committing labels 0..9: the join is stored first
+    from spamops_monitor.handlers import commit_floor
+
+    assert commit_floor("emails.feedback", 3, deps) is None
+    for i in range(10, 15):  # handled, not stored, not committed: lost with the process
+        label = EmailLabeled(producer="t", message_key=f"k{i}", label="spam")
+        await on_labeled(label, deps, partition=3, offset=i)
+
+    again, _, _, _ = make_deps(tmp_path, lambda v: reference_profile(v), Clock(), window=50)
+    # Kafka redelivers labels from offset 5 (say the commit of 10 never happened) to 19
+    for i in range(5, 20):
+        label = EmailLabeled(producer="t", message_key=f"k{i}", label="spam")
+        await on_labeled(label, again, partition=3, offset=i)
+    metrics = again.quality.metrics(MODEL, 1)
+    assert (metrics.labels, metrics.tp) == (20, 20)  # 0..19 once each, verdicts from life 1
+    assert again.quality.total_labels(MODEL, 1) == 20
+
+
+async def test_two_monitor_processes_share_one_label_join(tmp_path: Path) -> None:
+    """Two instances may read a key's verdict and its label (different consumer groups,
+    partitions assigned independently): the join is in the shared state store."""
+    one, _, _, _ = make_deps(tmp_path, lambda v: reference_profile(v), Clock())
+    two, _, _, _ = make_deps(tmp_path, lambda v: reference_profile(v), Clock())
+    await on_verdict(verdict({PROBABILITY: 0.9}, "a"), 0, 0, 0, one)
+    await on_labeled(EmailLabeled(producer="t", message_key="b", label="ham"), one)
+    one.store.flush()  # before the commit of either record
+    await on_labeled(EmailLabeled(producer="t", message_key="a", label="spam"), two)
+    await on_verdict(verdict({PROBABILITY: 0.9}, "b"), 1, 0, 0, two)
+    two.store.flush()
+    metrics = one.quality.metrics(MODEL, 1)
+    assert (metrics.labels, metrics.tp, metrics.fp) == (2, 1, 1)
+
+
+def test_verdicts_and_labels_are_keyed_alike_and_co_partitioned() -> None:
+    from spamops_schemas.topics import EMAILS_FEEDBACK, EMAILS_VERDICTS, topic
+
+    verdicts, labels = topic(EMAILS_VERDICTS), topic(EMAILS_FEEDBACK)
+    assert verdicts.key == labels.key == "message_key"
+    assert verdicts.partitions == labels.partitions
+
+
+def test_memory_levels_off_with_many_versions(tmp_path: Path) -> None:
+    clock = Clock()
+    windows = Windows(size=10, max_age_s=0, min_size=10, clock=clock, max_versions=3)
+    row = Observation({"url_count": 1.0}, 0.2, partition=0, offset=0, timestamp_ms=0)
+    evicted = []
+    for version in range(1, 50):
+        for _ in range(25):
+            windows.add(MODEL, version, row)
+            windows.park_if_full(MODEL, version)
+        evicted += windows.evict_versions()
+    assert len({*windows.open, *windows.parked}) == 3
+    assert len(windows.unsettled) == len(evicted) + sum(
+        1 for _ in [*windows.open.values(), *(w for q in windows.parked.values() for w in q)]
+    )
+    for window in evicted:
+        windows.settle(window)
+    assert len(windows.unsettled) <= 3 * (1 + windows.max_parked)
+    profiles = ProfileStore(
+        lambda v: reference_profile(v), None, model_name=MODEL, retry_s=0, max_versions=2
+    )
+
+    async def load() -> None:
+        for version in range(1, 6):
+            await profiles.wait(version)
+
+    asyncio.run(load())
+    assert list(profiles.profiles) == [4, 5]
