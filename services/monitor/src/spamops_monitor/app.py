@@ -190,8 +190,12 @@ def build_app(settings: MonitorSettings | None = None) -> FastStream:
             task.cancel()
         await checker.stop()
         write_status(deps, force=True)
-        store.close()
         if webhook is not None:
             await webhook.close()
+
+    @app.after_shutdown
+    async def _close_state() -> None:
+        """After the consumers stopped: the last pending state stored, the file closed."""
+        store.close()
 
     return app
