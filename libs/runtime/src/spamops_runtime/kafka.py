@@ -689,7 +689,7 @@ def subscribe_records(
     async def consume(message: KafkaMessage) -> None:
         raw = message.raw_message
         records = list(raw) if isinstance(raw, tuple | list) else [raw]
-        consumer = getattr(message, "consumer", None)
+        consumer: Any = getattr(message, "consumer", None)
         real = isinstance(consumer, AIOKafkaConsumer)  # not FastStream's in-memory broker
         pending: list[RecordContext] = []
         for one in records:
