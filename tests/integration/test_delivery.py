@@ -274,3 +274,36 @@ async def test_a_dead_letter_topic_that_refuses_writes_holds_the_commit_until_it
     assert letter.value == b"{not json"
     assert dict(letter.headers)[H_ERROR_REASON] == b"invalid-json"
     assert await committed_offset(stack, topic, group) == 3
+
+
+async def test_redrive_sends_dead_letters_back_once_with_their_exact_headers(
+    stack: PlatformSettings,
+) -> None:
+    from spamops_cli.redrive import redrive
+    from spamops_runtime.kafka import H_REDRIVEN_FROM, context_of, dead_letter
+
+    topic = await topic_with_dlq(stack)
+    await produce(
+        stack, topic, [(b"{bad", [("x-note", b"\xff")]), (b"{worse", []), (_event(5), [])]
+    )
+    originals = await read_all(stack, topic, 3)
+    broker = make_broker(stack, client_id="it-redrive")
+    async with broker:
+        await broker.connect()
+        for record, reason in zip(originals, ("invalid-json", "other", "later"), strict=True):
+            await dead_letter(broker, context_of(record), reason=reason, error="e", service="it")
+
+    only = await redrive(stack, topic + ".dlq", reason="invalid-json")
+    assert (only.matched, only.sent, only.already) == (1, 1, 0)
+    everything = await redrive(stack, topic + ".dlq")
+    assert (everything.matched, everything.sent, everything.already) == (3, 2, 1)
+    again = await redrive(stack, topic + ".dlq")
+    assert (again.sent, again.already) == (0, 3)  # idempotent: nothing is sent twice
+
+    back = (await read_all(stack, topic, 6))[3:]
+    assert sorted(r.value for r in back) == sorted(r.value for r in originals)
+    first = next(r for r in back if r.value == b"{bad")
+    headers = list(first.headers)
+    assert ("x-note", b"\xff") in headers  # the exact bytes, restored
+    assert not any(name.startswith("x-error-") for name, _ in headers)
+    assert dict(headers)[H_REDRIVEN_FROM].decode().startswith(topic + ".dlq:0:")
