@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import numpy as np
@@ -173,3 +174,21 @@ async def test_a_model_announced_but_not_yet_switched_to_is_found_in_mlflow() ->
     result = await classify_batch([record(email(0), 0)], deps)
     assert refreshed == [True]
     assert [v.model_version for _, v in result.verdicts] == [1]
+
+
+async def test_a_redelivered_label_is_not_counted_twice() -> None:
+    from spamops_inference.handlers import on_email_labeled
+    from spamops_schemas import EmailLabeled
+
+    pushed: list[tuple[str, str]] = []
+    deps = await deps_for({"production": 1})
+    deps.push_label = lambda domain, label, at: pushed.append((domain, label))  # type: ignore[assignment,func-returntype,return-value]
+    label = EmailLabeled(
+        message_key="<m1@x>", label="spam", labelled_by="bob", sender_domain="example.com"
+    )
+    await on_email_labeled(label, deps)
+    await on_email_labeled(label, deps)  # redelivered after a crash before the commit
+    assert pushed == [("example.com", "spam")]
+    other = label.model_copy(update={"event_id": uuid.uuid4()})
+    await on_email_labeled(other, deps)  # a second label of the same mail counts
+    assert len(pushed) == 2

@@ -38,6 +38,7 @@ from spamops_inference.handlers import (
     fit_dead_letter,
     on_email_labeled,
 )
+from spamops_inference.ledger import RedisAppliedLabels
 from spamops_inference.metrics import BATCH_SIZE
 from spamops_inference.serving import PRODUCTION, STAGING, ModelCatalog
 from spamops_inference.settings import InferenceSettings
@@ -105,6 +106,7 @@ def build_app(settings: InferenceSettings | None = None) -> FastStream:
         )
         deps.reputation = store.online
         deps.push_label = store.push_label
+        deps.applied_labels = RedisAppliedLabels(platform.redis)
 
     async def publish_verdict(record: InboxRecord, verdict: EmailClassified) -> None:
         # One span per email, child of the inbox record's traceparent (when it has one):

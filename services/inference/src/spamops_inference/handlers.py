@@ -33,6 +33,7 @@ from spamops_features.reputation import OnlineReputation
 from spamops_schemas import EmailClassified, EmailLabeled
 
 from spamops_inference.adapters import RecentSenders, TritonUnavailableError
+from spamops_inference.ledger import AppliedLabels, MemoryAppliedLabels
 from spamops_inference.metrics import (
     END_TO_END_SECONDS,
     MESSAGES_IN,
@@ -131,6 +132,7 @@ class InferenceDeps:
     settings: InferenceSettings
     reputation: ReputationLookup | None = None
     push_label: ReputationPush | None = None
+    applied_labels: AppliedLabels = field(default_factory=MemoryAppliedLabels)
     senders: RecentSenders = field(default_factory=RecentSenders)
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -292,4 +294,10 @@ async def on_email_labeled(event: EmailLabeled, deps: InferenceDeps) -> None:
             extra={"message_key": event.message_key},
         )
         return
+    label_id = str(event.event_id)
+    if await asyncio.to_thread(deps.applied_labels.applied, label_id):
+        logger.info("label already applied: not counted twice", extra={"label_id": label_id})
+        return
     await asyncio.to_thread(deps.push_label, domain, event.label, event.occurred_at)
+    # Marked after the push: only a crash between these two lines can count a label twice.
+    await asyncio.to_thread(deps.applied_labels.mark, label_id)
