@@ -192,3 +192,25 @@ async def test_a_redelivered_label_is_not_counted_twice() -> None:
     other = label.model_copy(update={"event_id": uuid.uuid4()})
     await on_email_labeled(other, deps)  # a second label of the same mail counts
     assert len(pushed) == 2
+
+
+async def test_a_version_triton_no_longer_serves_makes_it_read_the_catalogue_again() -> None:
+    """Not an endless retry of the stale version: the aliases are read again, then retried."""
+    from spamops_inference.adapters import ModelNotServedError
+
+    class Unloaded(FakeScorer):
+        async def score(self, model: str, version: int, x: np.ndarray) -> np.ndarray:
+            if version == 2:
+                raise ModelNotServedError("spam-detector-production v2: unknown model")
+            return await super().score(model, version, x)
+
+    deps = await deps_for({"production": 2}, Unloaded())
+
+    async def refresh() -> None:  # MLflow says production is now v3
+        await deps.catalog.switch("production", 3)
+
+    deps.refresh = refresh
+    with pytest.raises(ModelNotServedError):  # the wiring seeks back and retries the batch
+        await classify_batch([record(email(0), 0)], deps)
+    retried = await classify_batch([record(email(0), 0)], deps)
+    assert [v.model_version for _, v in retried.verdicts] == [3]

@@ -32,7 +32,11 @@ from spamops_features.mail import MailParseError, ParsedEmail, message_key, pars
 from spamops_features.reputation import OnlineReputation
 from spamops_schemas import EmailClassified, EmailLabeled
 
-from spamops_inference.adapters import RecentSenders, TritonUnavailableError
+from spamops_inference.adapters import (
+    ModelNotServedError,
+    RecentSenders,
+    TritonUnavailableError,
+)
 from spamops_inference.ledger import AppliedLabels, MemoryAppliedLabels
 from spamops_inference.metrics import (
     END_TO_END_SECONDS,
@@ -187,6 +191,16 @@ async def _score(deps: InferenceDeps, model: ServingModel, x: np.ndarray) -> np.
         began = time.perf_counter()
         try:
             scores = await deps.scorer.score(model.triton_model, model.version, x)
+        except ModelNotServedError:
+            # The catalogue is stale (a switch whose event is still on its way, or a
+            # rollback that unloaded this version): read the aliases again, then let the
+            # wiring retry the batch with them instead of asking for this version forever.
+            if deps.refresh is not None:
+                now = time.monotonic()
+                if now - deps.last_refresh >= deps.refresh_every_s:
+                    deps.last_refresh = now
+                    await deps.refresh()
+            raise
         except TritonUnavailableError as exc:
             TRITON_RETRIES.inc()
             logger.warning(
