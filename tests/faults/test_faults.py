@@ -157,6 +157,57 @@ def test_inference_killed_mid_stream_loses_nothing(platform: PlatformSettings) -
     assert log_of(platform, "inference").count("spamops starts") >= 2
 
 
+def test_one_of_two_inference_processes_killed_the_group_rebalances_and_loses_nothing(
+    platform: PlatformSettings, tmp_path: Any
+) -> None:
+    """Two processes in the group share the 6 inbox partitions; one dies mid-stream."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.integration.conftest import free_ports
+
+    metrics_port = free_ports(1)[0]
+    env = {**os.environ, **platform.to_env(), "SPAMOPS_INFERENCE_METRICS_PORT": str(metrics_port)}
+    log = (tmp_path / "inference-2.log").open("wb")
+    second = subprocess.Popen(
+        [sys.executable, "-m", "spamops_inference"], env=env, stdout=log, stderr=log,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        time.sleep(15)  # started, joined the group: the partitions are split between both
+        with Drill(platform, "kill-one-of-two-inference", count=1500, rate=60) as drill:
+            drill.sleep_until(10)
+            read_by_second = _messages_read(metrics_port)
+            os.killpg(second.pid, signal.SIGKILL)
+            second.wait(10)
+            drill.report.notes["killed"] = "the second inference process"
+            drill.repaired()
+        assert_nothing_lost(drill)
+        assert second.returncode == -signal.SIGKILL
+    finally:
+        if second.poll() is None:
+            os.killpg(second.pid, signal.SIGKILL)
+        log.close()
+    # The second process did read part of the stream (its partitions) before it died.
+    assert read_by_second > 0
+    drill.report.notes["read_by_the_killed_process"] = read_by_second
+
+
+def _messages_read(metrics_port: int) -> float:
+    """spamops_inference_messages_total of the inference process serving ``metrics_port``."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("spamops_inference_messages_total")
+    )
+
+
 def test_trainer_killed_mid_training_trains_once_and_closes_the_abandoned_run(
     platform: PlatformSettings,
 ) -> None:
