@@ -351,10 +351,10 @@ _ORIGINAL_EMAIL = r"(?<=[\w.+\-])@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+"
 def _tricky_texts(count: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     pieces = [
-        "http://", "HTTPS://", "hTtPſ://", "www.", "WwW.", "ww.", "http:/", "://", "@", "a@",
+        "http://", "HTTPS://", "hTtP\u017f://", "www.", "WwW.", "ww.", "http:/", "://", "@", "a@",
         ".@", "+@", "-@", "é@", "x@y", "@b.c", "10.0.0.1", "256.1.2.3", "1.2.3.4.5", "u:p@",
         "example.com", " ", "\n", "<", ">", '"', "'", "(", ")", "/", ".", "-", "h", "w", "s",
-        "ſ", "K", "1", "A", "ü", "\u212a",
+        "\u017f", "K", "1", "A", "ü", "\u212a",
     ]  # fmt: skip
     return ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 40))) for _ in range(count)]
 
@@ -381,7 +381,7 @@ def test_counts_use_guards_that_never_hide_a_match() -> None:
 
 
 def test_ascii_case_counts() -> None:
-    for text in ["", "abcXYZ", "ÄÖÜ äöü AZaz", "\udcff broken surrogate A", "ſK\u212a"]:
+    for text in ["", "abcXYZ", "ÄÖÜ äöü AZaz", "\udcff broken surrogate A", "\u017fK\u212a"]:
         upper = sum(1 for c in text if "A" <= c <= "Z")
         lower = sum(1 for c in text if "a" <= c <= "z")
         assert handcrafted._ascii_case_counts(text) == (upper, upper + lower)
