@@ -75,9 +75,7 @@ def main() -> None:
     n = len(raws)
     settings = InferenceSettings(metrics_port=0)
     emails = [parse_email(r) for r in raws]
-    pipeline = (
-        FeaturePipeline.load(args.pipeline) if args.pipeline else FeaturePipeline.fit(emails)
-    )
+    pipeline = FeaturePipeline.load(args.pipeline) if args.pipeline else FeaturePipeline.fit(emails)
     model = ServingModel("production", "spam-detector", 1, 0.5, pipeline, "spam-detector-prod")
     catalog = ModelCatalog(lambda alias, version: model)
     asyncio.run(catalog.switch("production", 1))
@@ -90,9 +88,19 @@ def main() -> None:
     email_batches = [emails[i : i + BATCH] for i in range(0, n, BATCH)]
 
     from spamops_inference import app as inference_app
+    from spamops_runtime.tracing import configure_tracing
 
-    encode: Any = getattr(inference_app, "verdict_record", None)
-    if encode is None:  # before verdict_record existed: what publish_verdict did
+    trace_dir = Path("/tmp/spamops-hotpath-traces")
+    configure_tracing("inference-bench", trace_dir)  # spans are exported as in the service
+
+    encode: Any
+    if hasattr(inference_app, "verdict_record"):
+        spans = inference_app.VerdictSpans()
+
+        def encode(record: InboxRecord, verdict: Any) -> tuple[bytes, Any]:
+            return inference_app.verdict_record(spans, record, verdict)  # type: ignore[no-any-return]
+
+    else:  # before verdict_record existed: what publish_verdict did
         from spamops_runtime.kafka import outgoing_headers
         from spamops_runtime.tracing import consumer_span
 
@@ -106,11 +114,6 @@ def main() -> None:
             }
             with consumer_span("inference classify", record.headers, attributes):
                 return verdict.to_bytes(), outgoing_headers(verdict)
-
-    from spamops_runtime.tracing import configure_tracing
-
-    trace_dir = Path("/tmp/spamops-hotpath-traces")
-    configure_tracing("inference-bench", trace_dir)  # spans are exported as in the service
 
     loop = asyncio.new_event_loop()
     results: list[Any] = []
@@ -158,8 +161,7 @@ def main() -> None:
         "messages": n,
         "verdicts": verdicts,
         "batch": BATCH,
-        "cpu": "one core (sched_setaffinity), process CPU time, best of "
-        f"{args.repeat} passes",
+        "cpu": f"one core (sched_setaffinity), process CPU time, best of {args.repeat} passes",
         "us_per_message": per_message,
         "hot_path_us_per_message": round(total / n * 1e6, 1),
         "hot_path_messages_per_cpu_second": round(n / total, 1),
