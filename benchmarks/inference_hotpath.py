@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -94,8 +95,11 @@ def main() -> None:
     configure_tracing("inference-bench", trace_dir)  # spans are exported as in the service
 
     encode: Any
+    batch_span: Any = lambda records, n: contextlib.nullcontext()  # noqa: E731
     if hasattr(inference_app, "verdict_record"):
         spans = inference_app.VerdictSpans()
+        if hasattr(spans, "batch"):
+            batch_span = spans.batch
 
         def encode(record: InboxRecord, verdict: Any) -> tuple[bytes, Any]:
             return inference_app.verdict_record(spans, record, verdict)  # type: ignore[no-any-return]
@@ -124,9 +128,10 @@ def main() -> None:
             results.append(loop.run_until_complete(classify_batch(batch, deps)))
 
     def run_publish() -> None:
-        for result in results:
-            for record, verdict in result.verdicts:
-                encode(record, verdict)
+        for batch, result in zip(batches, results, strict=True):
+            with batch_span(batch, len(result.verdicts)):
+                for record, verdict in result.verdicts:
+                    encode(record, verdict)
 
     def run_parse() -> None:
         for r in raws:
