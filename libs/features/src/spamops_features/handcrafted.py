@@ -98,9 +98,7 @@ _FREE_MAIL_FAMILY = re.compile(r"(?:yahoo|hotmail|msn|live|aol|gmx)\.[a-z]{2,3}(
 # as a prefix scan, and the lookbehind of _EMAIL moved after its literal "@"
 # (it looked back from every position of the text). They match exactly the same
 # substrings (tests/unit/test_features.py checks them against the originals).
-_URL = re.compile(
-    r"[hHwW](?:(?<=[hH])[tT][tT][pP][sS\u017f]?://|(?<=[wW])[wW][wW]\.)[^\s<>\"'()]+"
-)
+_URL = re.compile(r"[hHwW](?:(?<=[hH])[tT][tT][pP][sS\u017f]?://|(?<=[wW])[wW][wW]\.)[^\s<>\"'()]+")
 _IP_URL = re.compile(
     r"[hH][tT][tT][pP][sS\u017f]?://(?:[^\s/@<>\"']*@)?\d{1,3}(?:\.\d{1,3}){3}(?![\w.])"
 )
