@@ -552,3 +552,23 @@ def test_fast_path_respects_the_line_limit() -> None:
                                 header_end=header_end)  # fmt: skip
         slow = mail._parse_tree(raw, [], max_parts=9, max_depth=9, max_lines=max_lines)
         assert _tree(fast) == _tree(slow)
+
+
+def test_header_block_fast_match_equals_the_line_loop() -> None:
+    import random
+
+    rng = random.Random(5)
+    pieces = [b"Subject: x", b"From a@b", b"From ", b" cont", b"\tcont", b"X-A:", b"no colon",
+              b"\r\n", b"\n", b"\r", b":", b"body", b"A" * 40]  # fmt: skip
+    for _ in range(3000):
+        raw = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+        for max_bytes, max_headers in ((1 << 20, 1000), (60, 1000), (1 << 20, 3), (25, 2)):
+            try:
+                fast: object = mail._check_headers(raw, max_bytes, max_headers)
+            except MailParseError as exc:
+                fast = exc.reason
+            try:
+                slow: object = mail._check_headers_by_line(raw, max_bytes, max_headers)
+            except MailParseError as exc:
+                slow = exc.reason
+            assert fast == slow, (raw, max_bytes, max_headers)
