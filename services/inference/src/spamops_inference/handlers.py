@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -269,8 +270,10 @@ async def classify_batch(records: Sequence[InboxRecord], deps: InferenceDeps) ->
         shadow_version = shadow_model.version if shadow is not None and shadow_model else None
         features = model.pipeline.handcrafted_from_matrix(x)
         now_ms = deps.clock() * 1000
+        clipped = np.clip(probabilities, 0.0, 1.0).tolist()
+        labels: Counter[str] = Counter()
         for i, item in enumerate(items):
-            p = float(np.clip(probabilities[i], 0.0, 1.0))
+            p = float(clipped[i])
             latency = max(0.0, now_ms - item.record.timestamp_ms)
             verdict = EmailClassified(
                 producer=SERVICE,
@@ -289,10 +292,12 @@ async def classify_batch(records: Sequence[InboxRecord], deps: InferenceDeps) ->
                 inbox_partition=item.record.partition,
                 inbox_offset=item.record.offset,
             )
-            VERDICTS.labels(verdict.verdict, str(model.version), environment).inc()
+            labels[verdict.verdict] += 1
             END_TO_END_SECONDS.observe(latency / 1000)
             deps.senders.remember(item.key, item.email.sender_domain)
             verdicts[id(item.record)] = (item.record, verdict)
+        for label, count in labels.items():
+            VERDICTS.labels(label, str(model.version), environment).inc(count)
     result.verdicts = [verdicts[id(r)] for r in records if id(r) in verdicts]
     return result
 
