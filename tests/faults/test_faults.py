@@ -176,7 +176,17 @@ def test_one_of_two_inference_processes_killed_the_group_rebalances_and_loses_no
         start_new_session=True,
     )  # fmt: skip
     try:
-        time.sleep(15)  # started, joined the group: the partitions are split between both
+        # Ready (its /metrics answers once it consumes), then a moment to join the group.
+        deadline = time.monotonic() + 180
+        while True:
+            assert second.poll() is None, "the second inference process died at start-up"
+            try:
+                _messages_read(metrics_port)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the second inference process never came up"
+                time.sleep(1)
+        time.sleep(5)
         with Drill(platform, "kill-one-of-two-inference", count=1500, rate=60) as drill:
             drill.sleep_until(10)
             read_by_second = _messages_read(metrics_port)
