@@ -125,6 +125,36 @@ def _progress_callback(on_trial_done: Callable[[int, int], None] | None, total: 
     return _Progress()
 
 
+def start_ray(config: SearchConfig, attempts: int = 3) -> None:
+    """Connect to ``RAY_ADDRESS`` or start Ray in-process, if not done yet.
+
+    A local Ray node must register within a fixed 30 s; on a loaded machine it
+    sometimes does not ("timed out during startup"), so the start is retried.
+    """
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        if ray.is_initialized():
+            return
+        try:
+            if config.ray_address:
+                ray.init(address=config.ray_address, log_to_driver=False)
+            else:
+                ray.init(
+                    num_cpus=config.ray_num_cpus,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
+            return
+        except Exception as exc:
+            if attempt == attempts or "timed out during startup" not in str(exc):
+                raise
+            logger.warning("Ray did not start (attempt %d/%d): %s", attempt, attempts, exc)
+            ray.shutdown()
+            time.sleep(2.0 * attempt)
+
+
 def search(
     x_train: np.ndarray,
     y_train: np.ndarray,
@@ -138,23 +168,13 @@ def search(
     ``on_trial_done(done, total)`` is called in this process as trials finish
     (completed, stopped early by ASHA, or failed): the trainer shows progress with it.
     """
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     started = time.perf_counter()
-    if not ray.is_initialized():
-        if config.ray_address:
-            ray.init(address=config.ray_address, log_to_driver=False)
-        else:
-            ray.init(
-                num_cpus=config.ray_num_cpus,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-            )
+    start_ray(config)
     lo = SEARCH_SPACE_BOUNDS
     space = {
         "learning_rate": tune.loguniform(*lo["learning_rate"]),
