@@ -167,6 +167,12 @@ def test_bounds_clip_every_input_to_its_training_range(
     assert bounded.out_of_range(unclipped) == {"rep_days_since_first_seen": 1}
     x = bounded.transform(emails[:1], far)
     assert x[0, fitted.spec.names.index("rep_days_since_first_seen")] == 38.0
+    # TF-IDF columns stay l2-normalised weights in [0, 1].
+    assert bounded.lower is not None and bounded.upper is not None
+    assert bounded.upper[:N_TFIDF].tolist() == [1.0] * N_TFIDF
+    assert (
+        check_features(bounded.transform(emails, np.zeros((40, 3), np.float32)), bounded.spec) == []
+    )
 
 
 def test_spec_round_trips_through_dict(fitted: FeaturePipeline) -> None:

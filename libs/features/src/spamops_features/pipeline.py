@@ -395,14 +395,22 @@ class FeaturePipeline:
         return pipeline
 
     def with_bounds(self, x_train: np.ndarray) -> FeaturePipeline:
-        """This pipeline, clipping every input to its range in ``x_train`` (the training rows)."""
+        """This pipeline, clipping every input to its range in ``x_train`` (the training rows).
+
+        TF-IDF columns keep [0, 1]; every other input is clipped to [min, max] of
+        the training rows. For trees this changes no prediction (a split never
+        lies outside the training range) but it keeps a skewed or corrupted input
+        (a wall-clock ``rep_days_since_first_seen``, a huge count) in the range
+        the model knows, and ``out_of_range`` counts what needed clipping.
+        """
         if x_train.ndim != 2 or x_train.shape[1] != self.spec.n_inputs or not len(x_train):
             raise ValueError(f"bounds need a non-empty [n, {self.spec.n_inputs}] matrix")
-        bounded = replace(
-            self,
-            lower=x_train.min(axis=0).astype(np.float32),
-            upper=x_train.max(axis=0).astype(np.float32),
-        )
+        lower = x_train.min(axis=0).astype(np.float32)
+        upper = x_train.max(axis=0).astype(np.float32)
+        # TF-IDF values are l2-normalised weights: [0, 1] by construction, and a
+        # clipped weight would break the row norm (check_features).
+        lower[: self.spec.n_tfidf], upper[: self.spec.n_tfidf] = 0.0, 1.0
+        bounded = replace(self, lower=lower, upper=upper)
         bounded.train_linear_scores = self.train_linear_scores
         return bounded
 
