@@ -114,7 +114,10 @@ class Drill:
             producer = AIOKafkaProducer(
                 bootstrap_servers=self.settings.kafka_bootstrap,
                 acks="all",
-                enable_idempotence=True,
+                # Not idempotent: aiokafka's idempotent producer can wedge for good after a
+                # broker restart (OutOfOrderSequenceException); a plain one fails the send
+                # after request_timeout_ms and is retried here (duplicates allowed).
+                enable_idempotence=False,
                 request_timeout_ms=10_000,
             )
             try:

@@ -15,6 +15,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import mlflow
 import pytest
@@ -156,6 +157,57 @@ def test_inference_killed_mid_stream_loses_nothing(platform: PlatformSettings) -
     assert log_of(platform, "inference").count("spamops starts") >= 2
 
 
+def test_one_of_two_inference_processes_killed_the_group_rebalances_and_loses_nothing(
+    platform: PlatformSettings, tmp_path: Any
+) -> None:
+    """Two processes in the group share the 6 inbox partitions; one dies mid-stream."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.integration.conftest import free_ports
+
+    metrics_port = free_ports(1)[0]
+    env = {**os.environ, **platform.to_env(), "SPAMOPS_INFERENCE_METRICS_PORT": str(metrics_port)}
+    log = (tmp_path / "inference-2.log").open("wb")
+    second = subprocess.Popen(
+        [sys.executable, "-m", "spamops_inference"], env=env, stdout=log, stderr=log,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        time.sleep(15)  # started, joined the group: the partitions are split between both
+        with Drill(platform, "kill-one-of-two-inference", count=1500, rate=60) as drill:
+            drill.sleep_until(10)
+            read_by_second = _messages_read(metrics_port)
+            os.killpg(second.pid, signal.SIGKILL)
+            second.wait(10)
+            drill.report.notes["killed"] = "the second inference process"
+            drill.repaired()
+        assert_nothing_lost(drill)
+        assert second.returncode == -signal.SIGKILL
+    finally:
+        if second.poll() is None:
+            os.killpg(second.pid, signal.SIGKILL)
+        log.close()
+    # The second process did read part of the stream (its partitions) before it died.
+    assert read_by_second > 0
+    drill.report.notes["read_by_the_killed_process"] = read_by_second
+
+
+def _messages_read(metrics_port: int) -> float:
+    """spamops_inference_messages_total of the inference process serving ``metrics_port``."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("spamops_inference_messages_total")
+    )
+
+
 def test_trainer_killed_mid_training_trains_once_and_closes_the_abandoned_run(
     platform: PlatformSettings,
 ) -> None:
@@ -165,15 +217,20 @@ def test_trainer_killed_mid_training_trains_once_and_closes_the_abandoned_run(
     query = f"tags.`spamops.source_event_id` = '{again.event_id}'"
     with Drill(platform, "kill-trainer", count=600, rate=40) as drill:
         asyncio.run(send(platform, "datasets.ready", [(again.dataset_id, again.to_bytes())]))
-        deadline = time.monotonic() + 120
-        while not client.search_runs([e.experiment_id for e in client.search_experiments()], query):
-            assert time.monotonic() < deadline, "the training never started"
-            time.sleep(0.5)
-        time.sleep(2)  # inside the search
+        # Kill only once a trial of the search has started: provably mid-training.
+        deadline = time.monotonic() + 180
+        while not (run := _training_run_with_a_trial(client, query)):
+            assert time.monotonic() < deadline, "the training never reached its search"
+            time.sleep(0.2)
         repaired_at = kill_and_restart(drill, platform, "trainer")
-        [trained] = first_event(
+        assert client.get_run(run).info.status in {"RUNNING", "KILLED"}  # it never finished
+        trained_events = first_event(
             platform, "models.trained", ModelTrained, causation_id=again.event_id
         )
+        # A redelivered DatasetReady may republish the same ModelTrained (same event id);
+        # a second training would be a second id.
+        assert len({e.event_id for e in trained_events}) == 1, trained_events
+        trained = trained_events[0]
         drill.report.notes["retrained_after_restart_s"] = round(time.time() - repaired_at, 1)
     assert_nothing_lost(drill)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], query)
@@ -183,14 +240,40 @@ def test_trainer_killed_mid_training_trains_once_and_closes_the_abandoned_run(
     assert "previous training of this event was interrupted" in log_of(platform, "trainer")
 
 
+def _training_run_with_a_trial(client: mlflow.MlflowClient, query: str) -> str | None:
+    """The RUNNING training run matching ``query`` once one of its trials exists."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    for run in client.search_runs(experiments, query + " and attributes.status = 'RUNNING'"):
+        parent = f"tags.`mlflow.parentRunId` = '{run.info.run_id}'"
+        if client.search_runs(experiments, parent, max_results=1):
+            return str(run.info.run_id)
+    return None
+
+
+def _unpublished_version(client: mlflow.MlflowClient, trained: ModelTrained) -> str | None:
+    """A version registered for ``trained`` whose ModelRegistered is not out yet."""
+    query = f"name = '{MODEL}' and tags.`spamops.model_trained_event_id` = '{trained.event_id}'"
+    for version in client.search_model_versions(query):
+        if version.tags.get("spamops.model_registered_published") != "true":
+            return str(version.version)
+    return None
+
+
 def test_registry_bridge_killed_mid_registration_registers_once(
     platform: PlatformSettings,
 ) -> None:
     trained = model_trained(platform).model_copy(update={"event_id": uuid.uuid4()})
     with Drill(platform, "kill-bridge", count=600, rate=40) as drill:
+        client = mlflow.MlflowClient(platform.mlflow_uri)
         asyncio.run(send(platform, "models.trained", [(trained.run_id, trained.to_bytes())]))
-        time.sleep(3)  # registration takes several seconds: export, parity, Triton load
+        # Kill once the version exists but its ModelRegistered is not out: mid-registration
+        # (export, parity and the Triton load still to come).
+        deadline = time.monotonic() + 120
+        while not (version := _unpublished_version(client, trained)):
+            assert time.monotonic() < deadline, "the registration never started"
+            time.sleep(0.05)
         kill_and_restart(drill, platform, "registry-bridge")
+        drill.report.notes["killed_at_version"] = version
         registered = first_event(
             platform, "models.registered", ModelRegistered, causation_id=trained.event_id
         )
@@ -222,22 +305,23 @@ def test_monitor_killed_mid_stream_catches_up(platform: PlatformSettings) -> Non
 
 
 # ------------------------------------------------------------ infrastructure
-def test_kafka_restarted_mid_stream_loses_nothing(platform: PlatformSettings) -> None:
-    with Drill(platform, "restart-kafka", count=1200, rate=40) as drill:
+def test_kafka_stopped_60s_mid_stream_loses_nothing(platform: PlatformSettings) -> None:
+    """Longer than the clients' own retries (request timeouts of 10-30 s)."""
+    with Drill(platform, "stop-kafka-60s", count=3600, rate=40) as drill:
         drill.sleep_until(8)
-        outage(drill, platform, "kafka", down_s=3)
+        outage(drill, platform, "kafka", down_s=60)
     assert_nothing_lost(drill)
     for service in local_stack.SERVICE_NAMES:  # every service survived the outage
         assert next(s for s in local_stack.status(platform) if s.name == service).ready
 
 
-def test_triton_stopped_30s_delays_but_loses_nothing(platform: PlatformSettings) -> None:
-    with Drill(platform, "stop-triton", count=2000, rate=40) as drill:
+def test_triton_stopped_60s_delays_but_loses_nothing(platform: PlatformSettings) -> None:
+    with Drill(platform, "stop-triton-60s", count=3600, rate=40) as drill:
         drill.sleep_until(8)
-        outage(drill, platform, "triton", down_s=30)
+        outage(drill, platform, "triton", down_s=60)
     report = drill.finish()
     assert report.lost == 0 and report.dead_letters == 0, report
-    assert report.longest_verdict_gap_s >= 25  # nothing was classified without Triton
+    assert report.longest_verdict_gap_s >= 55  # nothing was classified without Triton
     assert "triton" in log_of(platform, "inference").lower()
 
 
@@ -253,10 +337,10 @@ def test_mlflow_stopped_during_a_registration_finishes_it_later(
     platform: PlatformSettings,
 ) -> None:
     trained = model_trained(platform).model_copy(update={"event_id": uuid.uuid4()})
-    with Drill(platform, "stop-mlflow", count=800, rate=40) as drill:
+    with Drill(platform, "stop-mlflow-60s-registration", count=800, rate=10) as drill:
         asyncio.run(send(platform, "models.trained", [(trained.run_id, trained.to_bytes())]))
         time.sleep(2)
-        repaired_at = outage(drill, platform, "mlflow", down_s=15)
+        repaired_at = outage(drill, platform, "mlflow", down_s=60)
         registered = first_event(
             platform, "models.registered", ModelRegistered, causation_id=trained.event_id
         )
@@ -268,7 +352,7 @@ def test_mlflow_stopped_during_a_registration_finishes_it_later(
     assert dead is None, "the registration was dead-lettered instead of resumed"
 
 
-def first_event_or_none(settings: PlatformSettings, topic: str, event: ModelTrained) -> object:
+def first_event_or_none(settings: PlatformSettings, topic: str, event: Any) -> object:
     async def scan() -> object:
         from spamops_runtime.replay import read_topic
 
@@ -278,3 +362,36 @@ def first_event_or_none(settings: PlatformSettings, topic: str, event: ModelTrai
         return None
 
     return asyncio.run(scan())
+
+
+def test_mlflow_stopped_60s_during_a_promotion_finishes_it_later(
+    platform: PlatformSettings,
+) -> None:
+    """A PromotionApproved arrives while MLflow is away: retried, then applied once."""
+    from spamops_schemas import ModelPromoted, PromotionApproved
+
+    client = mlflow.MlflowClient(platform.mlflow_uri)
+    production = int(client.get_model_version_by_alias(MODEL, "production").version)
+    candidates = [
+        int(v.version)
+        for v in client.search_model_versions(f"name = '{MODEL}'")
+        if v.tags.get("spamops.gate") == "passed" and int(v.version) != production
+    ]
+    assert candidates, "the drills before this one register further versions"
+    approval = PromotionApproved(model_name=MODEL, version=max(candidates), approved_by="drill")
+    with Drill(platform, "stop-mlflow-60s-promotion", count=800, rate=10) as drill:
+        local_stack.stop(platform, ["mlflow"])
+        asyncio.run(send(platform, "models.promotion-approved", [(MODEL, approval.to_bytes())]))
+        time.sleep(60)
+        drill.report.notes["restart_s"] = restart(platform, "mlflow")
+        repaired_at = drill.repaired()
+        promoted = first_event(
+            platform, "models.promoted", ModelPromoted, causation_id=approval.event_id
+        )
+        drill.report.notes["promoted_after_repair_s"] = round(time.time() - repaired_at, 1)
+    assert_nothing_lost(drill)
+    assert len({e.event_id for e in promoted}) == 1
+    assert promoted[0].previous_version == production
+    assert int(client.get_model_version_by_alias(MODEL, "production").version) == approval.version
+    dead = first_event_or_none(platform, "models.promotion-approved.dlq", approval)
+    assert dead is None, "the approval was dead-lettered instead of retried"

@@ -48,7 +48,7 @@ async def events_on(
             except EventDecodeError:
                 item = record.value
             if match(item):
-                found.append((item, record.headers))
+                found.append((item, dict(record.headers)))
         if found:
             return found
         assert time.monotonic() < deadline, f"nothing matching on {topic}"

@@ -317,6 +317,16 @@ def test_bad_inbox_records_are_dead_lettered_and_the_stream_goes_on(
         send(bridge_stack, "emails.inbox", [("bad-env", sample_email(3, False))],
              headers={"x-environment": "canary"})
     )  # fmt: skip
+    # Headers any client may write (issue 13: each of these was skipped and committed):
+    # the mail itself is fine, so each gets a verdict, between two normal ones.
+    odd_headers: dict[str, list[tuple[str, bytes | None]]] = {
+        "hdr-not-utf8": [("x-note", b"\xff\xfe bad")],
+        "hdr-null": [("x-null", None)],
+        "hdr-json-content-type": [("content-type", b"application/json")],
+        "hdr-text-content-type-8bit": [("content-type", b"text/plain")],
+        "hdr-reply-to": [("reply_to", b"emails.verdicts")],
+    }
+    asyncio.run(send_with_raw_headers(bridge_stack, odd_headers))
     reasons: dict[str, str] = {}
     deadline = time.monotonic() + 120
     while len(reasons) < 3 and time.monotonic() < deadline:
@@ -325,7 +335,28 @@ def test_bad_inbox_records_are_dead_lettered_and_the_stream_goes_on(
     assert reasons.get("bad-empty") == "empty"
     assert reasons.get("bad-big") == "too-large"
     assert reasons.get("bad-env") == "bad-environment"
-    assert set(verdicts_for(bridge_stack, set(good))) == set(good)
+    expected = {*good, *odd_headers, "hdr-before", "hdr-after"}
+    assert set(verdicts_for(bridge_stack, expected)) == expected
+    assert not set(odd_headers) & set(reasons)
+
+
+async def send_with_raw_headers(
+    settings: PlatformSettings, odd: dict[str, list[tuple[str, bytes | None]]]
+) -> None:
+    """Each key's mail (8-bit body) with its raw headers, between two normal records."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        mail_8bit = sample_email(7, False).replace(b"\r\n\r\n", b"\r\n\r\nK\xf6ln \xfc\xdf ", 1)
+        records = [("hdr-before", []), *odd.items(), ("hdr-after", [])]
+        for key, headers in records:
+            await producer.send_and_wait(
+                "emails.inbox", mail_8bit, key=key.encode(), headers=headers, partition=0
+            )
+    finally:
+        await producer.stop()
 
 
 def dead_letter_reasons(settings: PlatformSettings) -> dict[str, str]:

@@ -8,6 +8,7 @@ robustness on hostile input). Small synthetic emails only, no corpus, no network
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -412,3 +413,50 @@ def test_transform_survives_hostile_input(fitted: FeaturePipeline) -> None:
     assert check_features(x, fitted.spec) == []
     # And an empty batch.
     assert fitted.transform([]).shape == (0, 528)
+
+
+# ------------------------------------------------- fast regexes == the originals
+# The handcrafted regexes are spelt for speed (handcrafted.py); these are the
+# readable originals they must match exactly, substring for substring.
+_ORIGINAL_URL = r"(?:https?://|www\.)[^\s<>\"'()]+"
+_ORIGINAL_IP_URL = r"https?://(?:[^\s/@<>\"']*@)?\d{1,3}(?:\.\d{1,3}){3}(?![\w.])"
+_ORIGINAL_EMAIL = r"(?<=[\w.+\-])@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+"
+
+
+def _tricky_texts(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    pieces = [
+        "http://", "HTTPS://", "hTtP\u017f://", "www.", "WwW.", "ww.", "http:/", "://", "@", "a@",
+        ".@", "+@", "-@", "é@", "x@y", "@b.c", "10.0.0.1", "256.1.2.3", "1.2.3.4.5", "u:p@",
+        "example.com", " ", "\n", "<", ">", '"', "'", "(", ")", "/", ".", "-", "h", "w", "s",
+        "\u017f", "K", "1", "A", "ü", "\u212a",
+    ]  # fmt: skip
+    return ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 40))) for _ in range(count)]
+
+
+@pytest.mark.parametrize(
+    ("fast", "original", "flags"),
+    [
+        (handcrafted._URL, _ORIGINAL_URL, re.IGNORECASE),
+        (handcrafted._IP_URL, _ORIGINAL_IP_URL, re.IGNORECASE),
+        (handcrafted._EMAIL, _ORIGINAL_EMAIL, 0),
+    ],
+)
+def test_fast_regexes_match_the_originals(fast: re.Pattern[str], original: str, flags: int) -> None:
+    slow = re.compile(original, flags)
+    for text in _tricky_texts(5000, seed=len(original)):
+        assert fast.findall(text) == slow.findall(text), text
+
+
+def test_counts_use_guards_that_never_hide_a_match() -> None:
+    for text in _tricky_texts(5000, seed=3):
+        assert handcrafted._count_urls(text) == len(re.findall(_ORIGINAL_URL, text, re.I))
+        assert handcrafted._count_ip_urls(text) == len(re.findall(_ORIGINAL_IP_URL, text, re.I))
+        assert handcrafted._count_emails(text) == len(re.findall(_ORIGINAL_EMAIL, text))
+
+
+def test_ascii_case_counts() -> None:
+    for text in ["", "abcXYZ", "ÄÖÜ äöü AZaz", "\udcff broken surrogate A", "\u017fK\u212a"]:
+        upper = sum(1 for c in text if "A" <= c <= "Z")
+        lower = sum(1 for c in text if "a" <= c <= "z")
+        assert handcrafted._ascii_case_counts(text) == (upper, upper + lower)

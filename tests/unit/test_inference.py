@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import numpy as np
@@ -173,3 +174,84 @@ async def test_a_model_announced_but_not_yet_switched_to_is_found_in_mlflow() ->
     result = await classify_batch([record(email(0), 0)], deps)
     assert refreshed == [True]
     assert [v.model_version for _, v in result.verdicts] == [1]
+
+
+async def test_a_redelivered_label_is_not_counted_twice() -> None:
+    from spamops_inference.handlers import on_email_labeled
+    from spamops_schemas import EmailLabeled
+
+    pushed: list[tuple[str, str]] = []
+    deps = await deps_for({"production": 1})
+    deps.push_label = lambda domain, label, at: pushed.append((domain, label))  # type: ignore[assignment,func-returntype,return-value]
+    label = EmailLabeled(
+        message_key="<m1@x>", label="spam", labelled_by="bob", sender_domain="example.com"
+    )
+    await on_email_labeled(label, deps)
+    await on_email_labeled(label, deps)  # redelivered after a crash before the commit
+    assert pushed == [("example.com", "spam")]
+    other = label.model_copy(update={"event_id": uuid.uuid4()})
+    await on_email_labeled(other, deps)  # a second label of the same mail counts
+    assert len(pushed) == 2
+
+
+async def test_a_version_triton_no_longer_serves_makes_it_read_the_catalogue_again() -> None:
+    """Not an endless retry of the stale version: the aliases are read again, then retried."""
+    from spamops_inference.adapters import ModelNotServedError
+
+    class Unloaded(FakeScorer):
+        async def score(self, model: str, version: int, x: np.ndarray) -> np.ndarray:
+            if version == 2:
+                raise ModelNotServedError("spam-detector-production v2: unknown model")
+            return await super().score(model, version, x)
+
+    deps = await deps_for({"production": 2}, Unloaded())
+
+    async def refresh() -> None:  # MLflow says production is now v3
+        await deps.catalog.switch("production", 3)
+
+    deps.refresh = refresh
+    with pytest.raises(ModelNotServedError):  # the wiring seeks back and retries the batch
+        await classify_batch([record(email(0), 0)], deps)
+    retried = await classify_batch([record(email(0), 0)], deps)
+    assert [v.model_version for _, v in retried.verdicts] == [3]
+
+
+# ------------------------------------------------------------------ verdict spans
+def test_traced_records_keep_their_trace_the_others_share_the_batch_span() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from spamops_inference.app import BATCH_SPAN, VERDICT_SPAN, VerdictSpans, verdict_record
+    from spamops_schemas import EmailClassified
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    spans = VerdictSpans(provider.get_tracer("test"))
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traced = InboxRecord(
+        "emails.inbox", 1, 7, "a", b"x", {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}, 1
+    )
+    plain = InboxRecord("emails.inbox", 2, 9, "b", b"x", {}, 1)
+    verdict = EmailClassified(
+        message_key="a", verdict="ham", spam_probability=0.1, threshold=0.5,
+        model_name="m", model_version=1, environment="production", latency_ms=1.0,
+    )  # fmt: skip
+    with spans.batch([traced, plain], 2):
+        _, traced_headers = verdict_record(spans, traced, verdict)
+        _, plain_headers = verdict_record(spans, plain, verdict)
+    finished = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(finished) == {VERDICT_SPAN, BATCH_SPAN}
+    own, batch = finished[VERDICT_SPAN], finished[BATCH_SPAN]
+    assert f"{own.context.trace_id:032x}" == trace_id
+    assert traced_headers["traceparent"].split("-")[1:3] == [
+        trace_id,
+        f"{own.context.span_id:016x}",
+    ]
+    assert plain_headers["traceparent"].split("-")[1:3] == [
+        f"{batch.context.trace_id:032x}",
+        f"{batch.context.span_id:016x}",
+    ]
+    assert batch.parent is None and batch.attributes is not None
+    assert batch.attributes["messaging.batch.message_count"] == 2
+    assert tuple(batch.attributes["messaging.kafka.partitions"]) == (1, 2)  # type: ignore[arg-type]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import email
+import email.message
 import hashlib
 import time
 from collections.abc import Iterator
@@ -11,6 +13,7 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from spamops_features import mail
 from spamops_features.mail import (
     PARSE_ERROR_REASONS,
     MailHeaders,
@@ -488,3 +491,84 @@ def test_the_fast_boundary_check_parses_exactly_like_the_stdlib(
 def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
     with pytest.MonkeyPatch.context() as patch:
         yield patch
+
+
+# ------------------------------------------- the single-part fast path (speed only)
+def _tree(msg: email.message.Message) -> list[object]:
+    out: list[object] = []
+    stack = [msg]
+    while stack:
+        part = stack.pop()
+        out.append(
+            (
+                tuple(part.raw_items()),
+                tuple(type(d).__name__ for d in part.defects),
+                part.get_unixfrom(),
+                part.preamble,
+                part.epilogue,
+            )
+        )
+        payload = part.get_payload()
+        if isinstance(payload, list):
+            stack.extend(p for p in payload if isinstance(p, email.message.Message))
+        else:
+            out.append(payload)
+    return out
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"Subject: a\nFrom: x@y.example\n\nbody line 1\nline 2\n",
+        b"Subject: a\r\nFrom: x@y.example\r\n\r\nbody\r\nline 2\r\nno newline at the end",
+        b"Subject: a\rFrom: x@y.example\r\rbody\rline 2\r",  # CR only: left to the feed parser
+        b"Subject: a\nnot a header line\nbody\n",  # no blank line
+        b"Subject: a\n \nbody after a blank-looking continuation\n",
+        b"From someone Sat Jan  1 00:00:00 2000\nSubject: mbox\n\nbody\n",
+        b"Subject: a\nContent-Type: text/html\n\n<p>\xe9t\xe9</p>\n\n\n",
+        b"Subject: a\nContent-Type: multipart/mixed; boundary=b\n\n"
+        b"--b\nContent-Type: text/plain\n\none\n"
+        b"--b\nContent-Type: text/html\n\n<b>two</b>\n--b--\n",
+        b"Subject: a\nContent-Type: message/rfc822\n\nSubject: inner\n\ninner body\n",
+        b"Subject: a\nContent-Type: message/delivery-status\n\nA: 1\n\nB: 2\n",
+        b"Subject: only headers\n",
+        b"Subject: only headers and a blank line\n\n",
+    ],
+)
+def test_single_part_fast_path_builds_the_same_tree(raw: bytes) -> None:
+    header_end = mail._check_headers(raw, 1 << 20, 1000)
+    limits = {"max_parts": 100, "max_depth": 10, "max_lines": 10_000}
+    fast = mail._parse_tree(raw, [], header_end=header_end, **limits)
+    slow = mail._parse_tree(raw, [], header_end=None, **limits)
+    assert _tree(fast) == _tree(slow)
+    assert _tree(fast) == _tree(email.message_from_bytes(raw))
+
+
+def test_fast_path_respects_the_line_limit() -> None:
+    raw = b"Subject: a\n\n" + b"line\n" * 100
+    header_end = mail._check_headers(raw, 1 << 20, 1000)
+    for max_lines in (1, 2, 3, 50):
+        fast = mail._parse_tree(raw, [], max_parts=9, max_depth=9, max_lines=max_lines,
+                                header_end=header_end)  # fmt: skip
+        slow = mail._parse_tree(raw, [], max_parts=9, max_depth=9, max_lines=max_lines)
+        assert _tree(fast) == _tree(slow)
+
+
+def test_header_block_fast_match_equals_the_line_loop() -> None:
+    import random
+
+    rng = random.Random(5)
+    pieces = [b"Subject: x", b"From a@b", b"From ", b" cont", b"\tcont", b"X-A:", b"no colon",
+              b"\r\n", b"\n", b"\r", b":", b"body", b"A" * 40]  # fmt: skip
+    for _ in range(3000):
+        raw = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+        for max_bytes, max_headers in ((1 << 20, 1000), (60, 1000), (1 << 20, 3), (25, 2)):
+            try:
+                fast: object = mail._check_headers(raw, max_bytes, max_headers)
+            except MailParseError as exc:
+                fast = exc.reason
+            try:
+                slow: object = mail._check_headers_by_line(raw, max_bytes, max_headers)
+            except MailParseError as exc:
+                slow = exc.reason
+            assert fast == slow, (raw, max_bytes, max_headers)

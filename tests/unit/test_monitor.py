@@ -25,6 +25,7 @@ from spamops_monitor.drift import (
     PROBABILITY,
     AlertGate,
     EvidentlyDrift,
+    HistogramDrift,
     Observation,
     Profile,
     Window,
@@ -41,6 +42,7 @@ from spamops_monitor.handlers import (
 )
 from spamops_monitor.quality import LiveQuality, QualityMetrics
 from spamops_monitor.settings import MonitorSettings
+from spamops_monitor.state import StateStore
 from spamops_runtime.settings import PlatformSettings
 from spamops_schemas import DriftDetected, EmailClassified, EmailLabeled
 from spamops_schemas.events import DriftWindow
@@ -116,7 +118,13 @@ class Recorder:
 
 
 def make_deps(
-    tmp_path: Path, build: Any, clock: Clock, *, window: int = 300, **overrides: Any
+    tmp_path: Path,
+    build: Any,
+    clock: Clock,
+    *,
+    window: int = 300,
+    reporter: Any = None,
+    **overrides: Any,
 ) -> tuple[MonitorDeps, list[DriftDetected], ListSink, Recorder]:
     settings = MonitorSettings(
         platform=PlatformSettings(home=tmp_path), window_size=window, min_window_size=50,
@@ -132,11 +140,15 @@ def make_deps(
         settings=settings,
         model_name=MODEL,
         windows=Windows(settings.window_size, settings.window_max_age_s, settings.min_window_size,
-                        clock),
+                        clock, max_versions=settings.max_versions),
         profiles=ProfileStore(build, tmp_path / "profiles", model_name=MODEL,
-                              retry_s=settings.profile_retry_s, clock=clock),
-        detector=EvidentlyDrift(threshold=0.1, share=settings.drift_share),
-        quality=LiveQuality(settings.join_capacity, settings.quality_window),
+                              retry_s=settings.profile_retry_s, clock=clock,
+                              max_versions=settings.max_versions),
+        detector=HistogramDrift(threshold=0.1, share=settings.drift_share),
+        reporter=reporter or EvidentlyDrift(threshold=0.1, share=settings.drift_share),
+        quality=LiveQuality(settings.join_capacity, settings.quality_window,
+                            StateStore(settings.state_path, join_capacity=settings.join_capacity,
+                                       quality_window=settings.quality_window)),
         gate=AlertGate(settings.cooldown_s, tmp_path / "alerts.json", clock),
         reports=ReportWriter(tmp_path / "reports", keep=3),
         publish=publish,
@@ -181,25 +193,37 @@ def test_window_closes_by_count_or_by_age_and_stays_bounded() -> None:
     aged = windows.take_if_due(MODEL, 2)
     assert aged is not None and len(aged) == 3
     bounded = Window(MODEL, 1, capacity=3, opened_at=0)
-    for offset in range(10):
-        bounded.add(Observation({}, 0.1, 0, offset, 1_000 + offset))
+    for offset in range(7, 10):
+        bounded.add(Observation({}, 0.1, offset % 2, offset, 1_000 + offset))
+    with pytest.raises(ValueError, match="full"):  # fixed memory: closed or parked first
+        bounded.add(Observation({}, 0.1, 0, 10, 1_010))
     described = bounded.describe()
     assert (described.size, described.first_offset, described.last_offset) == (3, 7, 9)
+    assert bounded.first_offsets == {1: 7, 0: 8} and bounded.last_offsets == {1: 9, 0: 8}
     frame = bounded.frame()
     assert list(frame.columns) == [*HANDCRAFTED_NAMES, PROBABILITY]
     assert frame["url_count"].isna().all()
 
 
 # ------------------------------------------------------------------ PSI drift (real Evidently)
+def window_of(frame: pd.DataFrame, version: int = 1) -> Window:
+    window = Window(MODEL, version, capacity=len(frame), opened_at=0)
+    for i, row in enumerate(frame.to_dict("records")):
+        p = row.pop(PROBABILITY)
+        features = {k: v for k, v in floats(row).items() if not np.isnan(v)}
+        window.add(Observation(features, float(p), partition=i % 3, offset=i, timestamp_ms=i))
+    return window
+
+
 def test_psi_no_false_alarm_on_same_distribution_and_drift_on_a_shift() -> None:
-    detector = EvidentlyDrift(method="psi", threshold=0.1, share=0.3)
-    reference = sample(3000, seed=1)
+    detector = HistogramDrift(threshold=0.1, share=0.3)
+    reference = reference_profile()
     for seed in (2, 3):
-        same = detector.check(reference, sample(300, seed=seed))
+        same = detector.check(reference, window_of(sample(300, seed=seed)))
         assert not same.drift, same.drifted
         assert same.share < 0.15
         assert len(same.scores) == 25
-    shifted = detector.check(reference, sample(300, seed=5, shifted=True))
+    shifted = detector.check(reference, window_of(sample(300, seed=5, shifted=True)))
     assert shifted.drift
     assert {f.feature for f in shifted.drifted} == set(SHIFTED)
     assert all(f.statistic == "psi" and f.score > 0.1 == f.threshold for f in shifted.drifted)
@@ -226,9 +250,26 @@ def test_reference_frame_repeats_probabilities_and_caps_rows() -> None:
 
 
 # ------------------------------------------------------------------ handler flow
-async def test_one_shift_gives_one_drift_event_and_a_report(tmp_path: Path) -> None:
+class CountingReporter(EvidentlyDrift):
+    """The real Evidently report, counted."""
+
+    def __init__(self) -> None:
+        super().__init__(threshold=0.1, share=0.3)
+        self.runs = 0
+
+    def check(self, reference: pd.DataFrame, current: pd.DataFrame) -> Any:
+        self.runs += 1
+        return super().check(reference, current)
+
+
+async def test_one_shift_gives_one_drift_event_and_evidently_runs_only_when_needed(
+    tmp_path: Path,
+) -> None:
     clock = Clock()
-    deps, published, sink, recorder = make_deps(tmp_path, lambda v: reference_profile(v), clock)
+    reporter = CountingReporter()
+    deps, published, sink, recorder = make_deps(
+        tmp_path, lambda v: reference_profile(v), clock, reporter=reporter
+    )
     assert await deps.profiles.wait(1) is not None
     await feed(deps, sample(300, seed=7), "same")
     await feed(deps, sample(900, seed=8, shifted=True), "shift", start=300)
@@ -242,17 +283,44 @@ async def test_one_shift_gives_one_drift_event_and_a_report(tmp_path: Path) -> N
     assert event.window.size == 300 and event.window.first_offset == 300
     assert {f.feature for f in event.drifted_features} == set(SHIFTED)
     assert event.severity == "low" and event.drift_share == pytest.approx(0.4)
+    # Evidently ran twice for 4 windows: the first periodic report and the alert's report;
+    # the two drifted windows within the cooldown only got the cheap PSI.
+    assert reporter.runs == 2
     html = report_path(event.report_uri)
-    assert html.suffix == ".html"
+    assert html.suffix == ".html" and html.is_file() and html.stem.endswith("-drift")
     summary = read_json(html.with_suffix(".json"))
     assert summary["drift"] is True and summary["scores"]["body_length"] > 0.1
-    # the drift report survives the pruning to 3 reports; 4 checks ran
-    assert len(list(html.parent.glob("*.json"))) == 3 and html.stem.endswith("-drift")
+    # the stream's PSI and the report's Evidently PSI are the same numbers
+    assert summary["evidently_scores"] == pytest.approx(summary["scores"], abs=1e-9)
+    assert len(list(html.parent.glob("*.json"))) == 2
+    clock.now += deps.settings.report_interval_s  # a periodic report is due again
+    assert await check_window(sink.windows[0], deps) is None and reporter.runs == 3
     # After the cooldown the same shift is reported again; the cooldown survives a restart.
     again = AlertGate(deps.settings.cooldown_s, tmp_path / "alerts.json", clock)
     assert not again.allows(MODEL, 1, "data") and again.allows(MODEL, 2, "data")
     clock.now += deps.settings.cooldown_s
-    assert await check_window(sink.windows[-1], deps) is not None
+    assert await check_window(sink.windows[-1], deps) is not None and reporter.runs == 4
+
+
+def test_histogram_psi_equals_evidentlys_psi_on_the_same_window() -> None:
+    """Same bins, same semantics: Sturges bins over the combined range for columns with
+    more than 20 distinct reference values, per value otherwise, Evidently's zero fill;
+    NaN (a feature missing from a verdict) dropped; values beyond the reference range."""
+    profile = reference_profile()
+    evidently = EvidentlyDrift(threshold=0.1, share=0.3)
+    same = sample(500, seed=21)
+    same.loc[::7, "url_count"] = np.nan  # some verdicts without this feature
+    shifted = sample(250, seed=22, shifted=True)
+    shifted.loc[:20, "body_length"] = shifted["body_length"].max() * 50  # beyond the reference
+    shifted.loc[:5, PROBABILITY] = 0.0
+    for frame in (same, shifted):
+        window = window_of(frame)
+        ours = HistogramDrift(threshold=0.1, share=0.3).check(profile, window)
+        theirs = evidently.check(profile.frame, window.frame())
+        assert set(ours.scores) == set(theirs.scores) and len(ours.scores) == 25
+        assert ours.scores == pytest.approx(theirs.scores, abs=1e-9, rel=1e-9)
+        assert ours.drifted == theirs.drifted and ours.drift == theirs.drift
+    assert ours.drift  # the shifted window
 
 
 async def test_unknown_version_keeps_its_window_until_the_profile_appears(
@@ -298,7 +366,7 @@ async def test_other_models_and_verdicts_without_features_are_not_drift_checked(
     for i, row in enumerate(rows):
         await on_verdict(verdict(floats(row), f"o-{i}", model="someone-else"), 0, i, 0, deps)
         empty = verdict({PROBABILITY: 0.9}, f"e-{i}")
-        await on_verdict(empty, 0, i, 0, deps)
+        await on_verdict(empty, 0, 100 + i, 0, deps)
     assert len(sink.windows) == 2
     await on_labeled(EmailLabeled(producer="t", message_key="e-0", label="spam"), deps)
     assert deps.quality.metrics(MODEL, 1).tp == 1  # still joined for live quality
@@ -326,6 +394,7 @@ def test_join_in_either_order_bounded_and_windowed() -> None:
     assert quality.label("a", "spam") is None  # a repeated label is not counted twice
     for key in "cdefg":
         quality.verdict(key, MODEL, 2, "ham")
+    quality.store.flush()  # the join is bounded when stored
     assert quality.label("c", "ham") is None  # forgotten: only the newest 3 verdicts are kept
     for key in "efg":
         quality.label(key, "spam")
@@ -419,3 +488,172 @@ async def test_webhook_gives_up_on_client_errors_and_never_blocks_the_caller() -
     release.set()
     await hook.close(wait_s=2)
     assert seen == [1, 1]  # 400: one attempt each, no retries
+
+
+# ------------------------------------------------------------------ state that outlives a crash
+class NoReport(EvidentlyDrift):
+    """No Evidently (slow) where the report is not the point."""
+
+    def check(self, reference: pd.DataFrame, current: pd.DataFrame) -> Any:
+        raise RuntimeError("no report in this test")
+
+
+class FakeWiring:
+    """What spamops_runtime.kafka does with a commit floor: handle a batch of a partition's
+    records, ask the floor, commit min(end of batch, floor)."""
+
+    def __init__(self, topic: str, floor: Any) -> None:
+        self.topic = topic
+        self.floor = floor
+        self.committed: dict[int, int] = {}
+
+    def commit(self, ends: dict[int, int]) -> None:
+        for partition, end in ends.items():
+            floor = self.floor(self.topic, partition)
+            self.committed[partition] = end if floor is None else min(end, floor)
+
+
+async def run_life(
+    deps: MonitorDeps,
+    sink: ListSink,
+    records: list[tuple[int, int, EmailClassified]],
+    wiring: FakeWiring,
+    evaluated: list[Window],
+    *,
+    kill_after: int | None = None,
+    batch: int = 40,
+) -> None:
+    """Feed ``records`` from the committed offsets in batches; every other batch the
+    checker catches up. ``kill_after``: stop dead (no flush, no commit) after that many."""
+    todo = [r for r in records if r[1] >= wiring.committed.get(r[0], 0)]
+    handled = 0
+    for start in range(0, len(todo), batch):
+        ends: dict[int, int] = {}
+        for partition, offset, event in todo[start : start + batch]:
+            await on_verdict(event, partition, offset, 0, deps)
+            ends[partition] = offset + 1
+            handled += 1
+            if handled == kill_after:
+                return  # kill -9: the in-memory windows and unflushed writes are gone
+        if (start // batch) % 2:
+            while sink.windows:
+                window = sink.windows.pop(0)
+                await check_window(window, deps)
+                evaluated.append(window)
+        wiring.commit(ends)
+
+
+async def test_after_a_kill_mid_window_the_windows_cover_every_verdict_exactly_once(
+    tmp_path: Path,
+) -> None:
+    from spamops_monitor.handlers import commit_floor
+
+    frame = sample(2 * 260, seed=31)
+    records = [
+        (i % 2, i // 2, verdict(floats(row), f"k{i}"))
+        for i, row in enumerate(frame.to_dict("records"))
+    ]  # two partitions, 260 verdicts each, interleaved
+    evaluated: list[Window] = []
+    first, _, sink1, _ = make_deps(
+        tmp_path, lambda v: reference_profile(v), Clock(), window=50, reporter=NoReport()
+    )
+    await first.profiles.wait(1)
+    wiring = FakeWiring("emails.verdicts", lambda t, p: commit_floor(t, p, first))
+    await run_life(first, sink1, records, wiring, evaluated, kill_after=365)
+    assert sink1.windows and first.windows.open  # windows were lost mid-flight
+    assert all(wiring.committed[p] < 260 for p in (0, 1))
+
+    second, _, sink2, _ = make_deps(
+        tmp_path, lambda v: reference_profile(v), Clock(), window=50, reporter=NoReport()
+    )
+    await second.profiles.wait(1)
+    wiring.floor = lambda t, p: commit_floor(t, p, second)
+    await run_life(second, sink2, records, wiring, evaluated)
+    for window in sink2.windows:
+        await check_window(window, second)
+        evaluated.append(window)
+    [still_open] = second.windows.open.values()
+    counted: dict[int, list[int]] = {0: [], 1: []}
+    for window in [*evaluated, still_open]:
+        for partition, first_offset in window.first_offsets.items():
+            counted[partition] += range(first_offset, window.last_offsets[partition] + 1)
+    assert sum(len(w) for w in [*evaluated, still_open]) == 520
+    assert sorted(counted[0]) == list(range(260)) == sorted(counted[1])  # once each
+    assert wiring.committed == {p: still_open.first_offsets[p] for p in (0, 1)}
+
+
+async def test_the_label_join_survives_a_crash_without_double_counting(tmp_path: Path) -> None:
+    deps, _, _, _ = make_deps(tmp_path, lambda v: reference_profile(v), Clock(), window=50)
+    for i in range(30):
+        await on_verdict(verdict({PROBABILITY: 0.9}, f"k{i}"), 0, i, 0, deps)
+    for i in range(10):
+        label = EmailLabeled(producer="t", message_key=f"k{i}", label="spam")
+        await on_labeled(label, deps, partition=3, offset=i)
+    # the wiring asks the floor before committing labels 0..9: the join is stored first
+    from spamops_monitor.handlers import commit_floor
+
+    assert commit_floor("emails.feedback", 3, deps) is None
+    for i in range(10, 15):  # handled, not stored, not committed: lost with the process
+        label = EmailLabeled(producer="t", message_key=f"k{i}", label="spam")
+        await on_labeled(label, deps, partition=3, offset=i)
+
+    again, _, _, _ = make_deps(tmp_path, lambda v: reference_profile(v), Clock(), window=50)
+    # Kafka redelivers labels from offset 5 (say the commit of 10 never happened) to 19
+    for i in range(5, 20):
+        label = EmailLabeled(producer="t", message_key=f"k{i}", label="spam")
+        await on_labeled(label, again, partition=3, offset=i)
+    metrics = again.quality.metrics(MODEL, 1)
+    assert (metrics.labels, metrics.tp) == (20, 20)  # 0..19 once each, verdicts from life 1
+    assert again.quality.total_labels(MODEL, 1) == 20
+
+
+async def test_two_monitor_processes_share_one_label_join(tmp_path: Path) -> None:
+    """Two instances may read a key's verdict and its label (different consumer groups,
+    partitions assigned independently): the join is in the shared state store."""
+    one, _, _, _ = make_deps(tmp_path, lambda v: reference_profile(v), Clock())
+    two, _, _, _ = make_deps(tmp_path, lambda v: reference_profile(v), Clock())
+    await on_verdict(verdict({PROBABILITY: 0.9}, "a"), 0, 0, 0, one)
+    await on_labeled(EmailLabeled(producer="t", message_key="b", label="ham"), one)
+    one.store.flush()  # before the commit of either record
+    await on_labeled(EmailLabeled(producer="t", message_key="a", label="spam"), two)
+    await on_verdict(verdict({PROBABILITY: 0.9}, "b"), 1, 0, 0, two)
+    two.store.flush()
+    metrics = one.quality.metrics(MODEL, 1)
+    assert (metrics.labels, metrics.tp, metrics.fp) == (2, 1, 1)
+
+
+def test_verdicts_and_labels_are_keyed_alike_and_co_partitioned() -> None:
+    from spamops_schemas.topics import EMAILS_FEEDBACK, EMAILS_VERDICTS, topic
+
+    verdicts, labels = topic(EMAILS_VERDICTS), topic(EMAILS_FEEDBACK)
+    assert verdicts.key == labels.key == "message_key"
+    assert verdicts.partitions == labels.partitions
+
+
+def test_memory_levels_off_with_many_versions(tmp_path: Path) -> None:
+    clock = Clock()
+    windows = Windows(size=10, max_age_s=0, min_size=10, clock=clock, max_versions=3)
+    row = Observation({"url_count": 1.0}, 0.2, partition=0, offset=0, timestamp_ms=0)
+    evicted = []
+    for version in range(1, 50):
+        for _ in range(25):
+            windows.add(MODEL, version, row)
+            windows.park_if_full(MODEL, version)
+        evicted += windows.evict_versions()
+    assert len({*windows.open, *windows.parked}) == 3
+    assert len(windows.unsettled) == len(evicted) + sum(
+        1 for _ in [*windows.open.values(), *(w for q in windows.parked.values() for w in q)]
+    )
+    for window in evicted:
+        windows.settle(window)
+    assert len(windows.unsettled) <= 3 * (1 + windows.max_parked)
+    profiles = ProfileStore(
+        lambda v: reference_profile(v), None, model_name=MODEL, retry_s=0, max_versions=2
+    )
+
+    async def load() -> None:
+        for version in range(1, 6):
+            await profiles.wait(version)
+
+    asyncio.run(load())
+    assert list(profiles.profiles) == [4, 5]

@@ -274,3 +274,22 @@ async def test_drift_without_any_training_is_dead_lettered(tmp_path: Path) -> No
         await on_drift_detected(drift_event(), RECORD, deps)
     assert caught.value.reason == "no-parent-dataset"
     assert published == []
+
+
+async def test_a_failed_drift_publish_does_not_start_the_cooldown(tmp_path: Path) -> None:
+    """The retried DriftDetected must still retrain: the cooldown starts after the publish."""
+    parent = snapshot(tmp_path, {"easy-ham-1": 30, "spam-1": 30})
+    feedback = [FeedbackMessage("fb-1", "spam", raw_email(1, "spam-2"))]
+    deps, published, _, _ = drift_deps(tmp_path, parent_ref(parent), feedback)
+    working = deps.publish
+
+    async def kafka_down(event: Event) -> None:
+        raise ConnectionError("kafka away")
+
+    deps.publish = kafka_down
+    drift = drift_event()
+    with pytest.raises(ConnectionError):
+        await on_drift_detected(drift, RECORD, deps)
+    deps.publish = working
+    await on_drift_detected(drift, RECORD, deps)  # the wiring's retry of the same record
+    assert len(published) == 1

@@ -603,6 +603,70 @@ def drift(
     _follow_events("monitoring.drift", follow, as_json)
 
 
+def _since_ms(since: str) -> int:
+    """``30m``, ``2h``, ``1d`` (ago) or an ISO 8601 time, as epoch milliseconds."""
+    import re
+    import time
+    from datetime import UTC, datetime
+
+    relative = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", since.strip())
+    if relative:
+        seconds = float(relative[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[relative[2]]
+        return int((time.time() - seconds) * 1000)
+    try:
+        moment = datetime.fromisoformat(since)
+    except ValueError as exc:
+        raise _fail(f"--since {since!r}: use 30m, 2h, 1d or an ISO 8601 time", 2) from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+@app.command()
+def redrive(
+    dlq: Annotated[str, typer.Argument(help="The dead-letter topic, e.g. emails.inbox.dlq.")],
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Only dead letters with this x-error-reason.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only dead letters since: 30m, 2h, 1d or ISO.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show, send nothing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Send dead letters back to their original topic once the cause is fixed (idempotent)."""
+    import json
+    from dataclasses import asdict
+
+    from spamops_cli.redrive import RedriveError
+    from spamops_cli.redrive import redrive as run_redrive
+
+    settings = _settings()
+    since_ms = _since_ms(since) if since else None
+
+    def show(record: Any, outcome: str) -> None:
+        if not as_json:
+            why = record.headers.get("x-error-reason", "?")
+            console.print(f"{outcome:>10}  {record.partition}:{record.offset}  {record.key}  {why}")
+
+    try:
+        result = _run(
+            run_redrive(
+                settings, dlq, reason=reason, since_ms=since_ms, dry_run=dry_run, on_record=show
+            )
+        )
+    except RedriveError as exc:
+        raise _fail(str(exc), 2) from exc
+    if as_json:
+        print(json.dumps(asdict(result)))
+    else:
+        verb = "would send" if dry_run else "sent"
+        console.print(
+            f"{result.matched} dead letters matched: {verb} {result.sent}, "
+            f"{result.already} already re-driven, {result.truncated} truncated (not sent)"
+        )
+
+
 def _approval(model: str, version: int, by: str, reason: str) -> PromotionApproved:
     """A PromotionApproved, signed when SPAMOPS_APPROVAL_SECRET is set."""
     from spamops_schemas import PromotionApproved

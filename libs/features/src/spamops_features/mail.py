@@ -759,13 +759,37 @@ class _BoundedParser(BytesFeedParser):
             self.root = self._msgstack[0]  # type: ignore[attr-defined]
 
 
-def _check_headers(raw: bytes, max_header_bytes: int, max_headers: int) -> None:
+# The header block of ordinary mail in one C-level match: complete header or
+# continuation lines (by the feed parser's rule) from the start.
+_HEADER_BLOCK = re.compile(rb"(?:(?:From |[!-9;-~]*:|[ \t])[^\r\n]*(?:\r\n|\r|\n))*")
+
+
+def _check_headers(raw: bytes, max_header_bytes: int, max_headers: int) -> int | None:
     """Refuse a top-level header block over the limits, measured on the raw bytes.
 
     The block ends where the feed parser ends it: at the first line that is not
     a header or continuation line (normally the blank line). Reads at most
     ``max_header_bytes`` + 1 bytes, but for the field name of the line after them.
+    Returns the offset of that line, or None when the input is all headers.
+
+    Speed: one regex match finds the block of ordinary mail; when it ends at a
+    line that is not a header line, within both limits (fields are at most the
+    line ends), that is the answer. Anything else takes the line-by-line loop.
     """
+    end = _HEADER_BLOCK.match(raw, 0, min(len(raw), max_header_bytes + 1))
+    position = end.end() if end is not None else 0
+    if (
+        position < len(raw)
+        and position <= max_header_bytes
+        and _HEADER_LINE_START.match(raw, position) is None
+        and raw.count(b"\n", 0, position) + raw.count(b"\r", 0, position) <= max_headers
+    ):
+        return position
+    return _check_headers_by_line(raw, max_header_bytes, max_headers)
+
+
+def _check_headers_by_line(raw: bytes, max_header_bytes: int, max_headers: int) -> int | None:
+    """``_check_headers``, one line at a time (the exact rule, with its errors)."""
     position = 0
     fields = 0
     limit = min(len(raw), max_header_bytes + 1)
@@ -773,7 +797,7 @@ def _check_headers(raw: bytes, max_header_bytes: int, max_headers: int) -> None:
         # Unbounded, like the feed parser's: a field name may run past the limit
         # (then the line is too long below). Linear, also when there is no ":".
         if _HEADER_LINE_START.match(raw, position) is None:
-            return  # a blank line or the body: the header block ends here
+            return position  # a blank line or the body: the header block ends here
         if raw[position] not in (0x20, 0x09):
             fields += 1
             if fields > max_headers:
@@ -781,11 +805,12 @@ def _check_headers(raw: bytes, max_header_bytes: int, max_headers: int) -> None:
         end = _LINE_END.search(raw, position, limit)
         if end is None:
             if len(raw) <= max_header_bytes:
-                return  # the last line of an input that is all headers
+                return None  # the last line of an input that is all headers
             raise MailParseError("headers-too-large", f"header block over {max_header_bytes} bytes")
         position = end.end()
         if position > max_header_bytes:
             raise MailParseError("headers-too-large", f"header block over {max_header_bytes} bytes")
+    return None
 
 
 def _line_limit_cut(raw: bytes, max_lines: int) -> int:
@@ -796,23 +821,97 @@ def _line_limit_cut(raw: bytes, max_lines: int) -> int:
     return len(raw) if last is None else last.end()
 
 
+def _body_offset(raw: bytes, header_end: int | None, end: int) -> int | None:
+    """Where the root's body starts, when the header block ends with a blank line ending in LF.
+
+    ``header_end`` is where ``_check_headers`` saw the block end (the feed
+    parser's rule and line splitting). A blank line there is the separator the
+    feed parser consumes; anything else (no blank line, a lone CR) is left to it.
+    """
+    if header_end is None:
+        return None
+    if raw.startswith(b"\r\n", header_end):
+        offset = header_end + 2
+    elif raw.startswith(b"\n", header_end):
+        offset = header_end + 1
+    else:
+        return None
+    return offset if offset <= end else None
+
+
+def _feed(parser: _BoundedParser, view: memoryview, start: int, end: int) -> None:
+    for position in range(start, end, _FEED_CHUNK):
+        parser.feed(bytes(view[position : min(position + _FEED_CHUNK, end)]))
+
+
+def _parsed_headers_only(parser: _BoundedParser) -> bool:
+    """Whether the feed parser consumed every line it was given (the root's headers, parsed).
+
+    Fed a header block that ends with a complete blank line, the feed parser
+    has parsed the root's headers and waits in the body of a single-part root.
+    Private state of the stdlib: when it is not where expected, say no.
+    """
+    buffer = getattr(parser, "_input", None)
+    lines = getattr(buffer, "_lines", None)
+    partial = getattr(buffer, "_partial", None)
+    stack = getattr(parser, "_msgstack", None)
+    try:
+        return (
+            lines is not None
+            and not lines
+            and partial is not None
+            and partial.tell() == 0
+            and stack is not None
+            and len(stack) == 1
+            and stack[0] is parser.root
+        )
+    except Exception:
+        return False
+
+
 def _parse_tree(
-    raw: bytes, defects: list[str], *, max_parts: int, max_depth: int, max_lines: int
+    raw: bytes,
+    defects: list[str],
+    *,
+    max_parts: int,
+    max_depth: int,
+    max_lines: int,
+    header_end: int | None = None,
 ) -> Message:
-    """The compat32 message tree of ``raw`` within the limits (partial past a limit)."""
+    """The compat32 message tree of ``raw`` within the limits (partial past a limit).
+
+    Speed: the feed parser takes a single-part body line by line in Python
+    (most of its time on ordinary mail). When the header block ends with a
+    blank line, only the headers are fed first; if the root is then neither
+    multipart nor message/*, the stdlib would make the rest of the input its
+    payload verbatim (the lines joined back), so that is done in one step.
+    Otherwise the rest is fed as before. The tree is the same either way.
+    """
     end = _line_limit_cut(raw, max_lines)
     if end < len(raw):
         defects.append(TOO_MANY_LINES)
     parser = _BoundedParser(max_parts, max_depth)
     view = memoryview(raw)
+    body = _body_offset(raw, header_end, end)
     try:
-        for start in range(0, end, _FEED_CHUNK):
-            parser.feed(bytes(view[start : min(start + _FEED_CHUNK, end)]))
-        root: Message = parser.close()
+        if body is None:
+            _feed(parser, view, 0, end)
+            return parser.close()  # type: ignore[no-any-return]
+        _feed(parser, view, 0, body)
+        root = parser.root
+        if (
+            root is not None
+            and _parsed_headers_only(parser)
+            and root.get_content_maintype() not in ("multipart", "message")
+        ):
+            closed: Message = parser.close()
+            closed.set_payload(raw[body:end].decode("ascii", "surrogateescape"))
+            return closed
+        _feed(parser, view, body, end)
+        return parser.close()  # type: ignore[no-any-return]
     except _LimitReached as stop:
         defects.append(stop.defect)
-        root = parser.root if parser.root is not None else Message()
-    return root
+        return parser.root if parser.root is not None else Message()
 
 
 # ------------------------------------------------------------------ the parse
@@ -872,10 +971,15 @@ def parse_email(
             raise MailParseError("not-email", "no header line and binary content")
         defects.append(NO_HEADERS)
     # By the feed parser's rule for header lines (looser than _looks_like_headers).
-    _check_headers(raw, max_header_bytes, max_headers)
+    header_end = _check_headers(raw, max_header_bytes, max_headers)
     try:
         msg = _parse_tree(
-            raw, defects, max_parts=max_parts, max_depth=max_depth, max_lines=max(1, max_lines)
+            raw,
+            defects,
+            max_parts=max_parts,
+            max_depth=max_depth,
+            max_lines=max(1, max_lines),
+            header_end=header_end,
         )
     except RecursionError:
         # The stdlib parser recurses once per MIME level (~300 levels break it; only

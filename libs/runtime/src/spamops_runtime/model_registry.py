@@ -8,6 +8,15 @@ is imported lazily: only the processes that call this need it installed.
 from __future__ import annotations
 
 
+def is_not_found(exc: BaseException) -> bool:
+    """Whether an MLflow error says the thing does not exist (and not that MLflow is down).
+
+    Only RESOURCE_DOES_NOT_EXIST means "not found": a connection error or a 5xx is
+    an outage, which callers must retry rather than read as "unknown version".
+    """
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
 def serving_aliases(tracking_uri: str, model_name: str) -> dict[str, int]:
     """alias -> version of ``model_name`` ({} when it is not registered yet).
 
@@ -20,7 +29,7 @@ def serving_aliases(tracking_uri: str, model_name: str) -> dict[str, int]:
     try:
         model = client.get_registered_model(model_name)
     except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        if is_not_found(exc):
             return {}
         raise
     return {alias: int(version) for alias, version in (model.aliases or {}).items()}

@@ -7,25 +7,16 @@ replays ``emails.feedback`` and ``emails.inbox`` to build a drift snapshot.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from spamops_runtime.kafka import RecordContext, context_of
 from spamops_runtime.settings import PlatformSettings
 
-
-@dataclass(frozen=True)
-class ReadRecord:
-    """A record read from a topic."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: str | None
-    value: bytes
-    headers: dict[str, str]
-    timestamp_ms: int
+# A record read from a topic: the same type handlers get (headers decoded tolerantly,
+# exact header bytes kept), so every reader survives any record a client can write.
+ReadRecord = RecordContext
 
 
 async def topic_partitions(settings: PlatformSettings, topic: str) -> list[int]:
@@ -53,10 +44,12 @@ async def read_topic(
     from_beginning: bool = True,
     idle_timeout_s: float = 2.0,
     client_id: str = "spamops-replay",
+    since_ms: int | None = None,
 ) -> AsyncIterator[ReadRecord]:
     """Yield the records of ``topic`` without joining a consumer group.
 
     Without ``follow`` it stops at the end offsets it saw when it started.
+    ``since_ms`` starts each partition at its first record of that time or later.
     """
     partitions = await topic_partitions(settings, topic)
     if not partitions:
@@ -72,24 +65,24 @@ async def read_topic(
     try:
         assigned = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(assigned)
-        if from_beginning:
+        if since_ms is not None:
+            starts = await consumer.offsets_for_times({tp: since_ms for tp in assigned})
+            for tp in assigned:
+                found = starts.get(tp)
+                if found is None:
+                    await consumer.seek_to_end(tp)
+                else:
+                    consumer.seek(tp, found.offset)
+        elif from_beginning:
             await consumer.seek_to_beginning(*assigned)
         else:
             await consumer.seek_to_end(*assigned)
         end_offsets = await consumer.end_offsets(assigned)
         while True:
             batch = await consumer.getmany(timeout_ms=int(idle_timeout_s * 1000))
-            for tp, records in batch.items():
+            for records in batch.values():
                 for rec in records:
-                    yield ReadRecord(
-                        topic=tp.topic,
-                        partition=tp.partition,
-                        offset=rec.offset,
-                        key=rec.key.decode("utf-8", "replace") if rec.key is not None else None,
-                        value=rec.value or b"",
-                        headers={k: v.decode("utf-8", "replace") for k, v in rec.headers or ()},
-                        timestamp_ms=rec.timestamp,
-                    )
+                    yield context_of(rec)
             if not follow:
                 positions = {tp: await consumer.position(tp) for tp in assigned}
                 if all(positions[tp] >= end_offsets[tp] for tp in assigned):

@@ -94,9 +94,21 @@ def configure_tracing(service: str, state_dir: Path) -> None:
         _configured = True
 
 
+_TRACER: tuple[object, trace.Tracer] | None = None
+
+
 def tracer() -> trace.Tracer:
-    """The spamops tracer (a no-op one until ``configure_tracing`` ran)."""
-    return trace.get_tracer("spamops")
+    """The spamops tracer (a no-op one until ``configure_tracing`` ran).
+
+    Looked up once per tracer provider: the SDK's ``TracerProvider.get_tracer``
+    runs ``warnings.filterwarnings`` on every call, which cost ~40 % of a
+    service's CPU when done per record (py-spy).
+    """
+    global _TRACER
+    provider = trace.get_tracer_provider()
+    if _TRACER is None or _TRACER[0] is not provider:
+        _TRACER = (provider, provider.get_tracer("spamops"))
+    return _TRACER[1]
 
 
 @contextmanager

@@ -61,6 +61,10 @@ class MlflowModels:
         )
 
 
+class ModelNotServedError(Exception):
+    """Triton does not serve the model version asked for (unloaded after a switch)."""
+
+
 class TritonUnavailableError(RuntimeError):
     """Triton could not be reached (retry; nothing is committed meanwhile)."""
 
@@ -95,8 +99,11 @@ class TritonScorer:
             )
         except InferenceServerException as exc:
             status = str(exc.status() or "")
-            if "UNAVAILABLE" in status or "DEADLINE" in status or "unavailable" in str(exc):
-                raise TritonUnavailableError(str(exc)) from exc
+            text = str(exc)
+            if "unknown model" in text.lower() or "is not found" in text or "not ready" in text:
+                raise ModelNotServedError(f"{model} v{version}: {text}") from exc
+            if "UNAVAILABLE" in status or "DEADLINE" in status or "unavailable" in text:
+                raise TritonUnavailableError(text) from exc
             raise
         values = result.as_numpy(TRITON_OUTPUT)
         if values is None:

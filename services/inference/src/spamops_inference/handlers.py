@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,7 +33,12 @@ from spamops_features.mail import MailParseError, ParsedEmail, message_key, pars
 from spamops_features.reputation import OnlineReputation
 from spamops_schemas import EmailClassified, EmailLabeled
 
-from spamops_inference.adapters import RecentSenders, TritonUnavailableError
+from spamops_inference.adapters import (
+    ModelNotServedError,
+    RecentSenders,
+    TritonUnavailableError,
+)
+from spamops_inference.ledger import AppliedLabels, MemoryAppliedLabels
 from spamops_inference.metrics import (
     END_TO_END_SECONDS,
     MESSAGES_IN,
@@ -132,6 +138,7 @@ class InferenceDeps:
     settings: InferenceSettings
     reputation: ReputationLookup | None = None
     push_label: ReputationPush | None = None
+    applied_labels: AppliedLabels = field(default_factory=MemoryAppliedLabels)
     senders: RecentSenders = field(default_factory=RecentSenders)
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
@@ -186,6 +193,16 @@ async def _score(deps: InferenceDeps, model: ServingModel, x: np.ndarray) -> np.
         began = time.perf_counter()
         try:
             scores = await deps.scorer.score(model.triton_model, model.version, x)
+        except ModelNotServedError:
+            # The catalogue is stale (a switch whose event is still on its way, or a
+            # rollback that unloaded this version): read the aliases again, then let the
+            # wiring retry the batch with them instead of asking for this version forever.
+            if deps.refresh is not None:
+                now = time.monotonic()
+                if now - deps.last_refresh >= deps.refresh_every_s:
+                    deps.last_refresh = now
+                    await deps.refresh()
+            raise
         except TritonUnavailableError as exc:
             TRITON_RETRIES.inc()
             logger.warning(
@@ -258,8 +275,10 @@ async def classify_batch(records: Sequence[InboxRecord], deps: InferenceDeps) ->
         shadow_version = shadow_model.version if shadow is not None and shadow_model else None
         features = model.pipeline.handcrafted_from_matrix(x)
         now_ms = deps.clock() * 1000
+        clipped = np.clip(probabilities, 0.0, 1.0).tolist()
+        labels: Counter[str] = Counter()
         for i, item in enumerate(items):
-            p = float(np.clip(probabilities[i], 0.0, 1.0))
+            p = float(clipped[i])
             latency = max(0.0, now_ms - item.record.timestamp_ms)
             verdict = EmailClassified(
                 producer=SERVICE,
@@ -278,10 +297,12 @@ async def classify_batch(records: Sequence[InboxRecord], deps: InferenceDeps) ->
                 inbox_partition=item.record.partition,
                 inbox_offset=item.record.offset,
             )
-            VERDICTS.labels(verdict.verdict, str(model.version), environment).inc()
+            labels[verdict.verdict] += 1
             END_TO_END_SECONDS.observe(latency / 1000)
             deps.senders.remember(item.key, item.email.sender_domain)
             verdicts[id(item.record)] = (item.record, verdict)
+        for label, count in labels.items():
+            VERDICTS.labels(label, str(model.version), environment).inc(count)
     result.verdicts = [verdicts[id(r)] for r in records if id(r) in verdicts]
     return result
 
@@ -297,4 +318,10 @@ async def on_email_labeled(event: EmailLabeled, deps: InferenceDeps) -> None:
             extra={"message_key": event.message_key},
         )
         return
+    label_id = str(event.event_id)
+    if await asyncio.to_thread(deps.applied_labels.applied, label_id):
+        logger.info("label already applied: not counted twice", extra={"label_id": label_id})
+        return
     await asyncio.to_thread(deps.push_label, domain, event.label, event.occurred_at)
+    # Marked after the push: only a crash between these two lines can count a label twice.
+    await asyncio.to_thread(deps.applied_labels.mark, label_id)

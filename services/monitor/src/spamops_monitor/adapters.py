@@ -8,6 +8,7 @@ import json
 import logging
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -179,13 +180,15 @@ class ProfileStore:
         model_name: str,
         retry_s: float,
         clock: Callable[[], float] = time.monotonic,
+        max_versions: int = 8,
     ) -> None:
         self.build = build
+        self.max_versions = max_versions
         self.cache_dir = cache_dir
         self.model_name = model_name
         self.retry_s = retry_s
         self.clock = clock
-        self.profiles: dict[int, Profile] = {}
+        self.profiles: OrderedDict[int, Profile] = OrderedDict()  # least recently used first
         self.loading: dict[int, asyncio.Task[None]] = {}
         self.failed_at: dict[int, float] = {}
         self.reasons: dict[int, str] = {}
@@ -242,6 +245,8 @@ class ProfileStore:
             self._failed(version, "error", f"{type(exc).__name__}: {exc}")
         else:
             self.profiles[version] = profile
+            while len(self.profiles) > self.max_versions:
+                self.profiles.popitem(last=False)  # rebuilt from the disk cache if needed
             self.failed_at.pop(version, None)
             had_failed = self.reasons.pop(version, None)
             logger.info(
@@ -254,6 +259,9 @@ class ProfileStore:
     def _failed(self, version: int, reason: str, message: str) -> None:
         PROFILE_UNAVAILABLE.labels(reason).inc()
         self.failed_at[version] = self.clock()
+        for stale in list(self.failed_at)[: -4 * self.max_versions]:  # bounded
+            self.failed_at.pop(stale, None)
+            self.reasons.pop(stale, None)
         if self.reasons.get(version) != reason:  # one log line per version and reason
             logger.warning(
                 "no reference profile: keeping the newest verdicts of this version "
@@ -266,6 +274,7 @@ class ProfileStore:
         """The profile if ready; otherwise start (or wait for) its build and return None."""
         profile = self.profiles.get(version)
         if profile is not None:
+            self.profiles.move_to_end(version)
             return profile
         if version in self.loading:
             return None
@@ -290,14 +299,24 @@ class ReportWriter:
         self.root = root
         self.keep = keep
 
-    def save(self, window: Window, result: DriftResult, *, drift: bool) -> Path:
-        """Write the report pair; returns the HTML path. Keeps the newest ``keep`` (+ drifts)."""
+    def save(
+        self,
+        window: Window,
+        result: DriftResult,
+        *,
+        drift: bool,
+        evidently: DriftResult | None = None,
+    ) -> Path:
+        """Write the report pair: the Evidently HTML (when ``evidently`` has a report) and a
+        JSON summary with the stream's scores (``result``) and Evidently's. Returns the HTML
+        path, or the JSON path without HTML. Keeps the newest ``keep`` (+ drifts)."""
         directory = self.root / window.model_name / f"v{window.version}"
         directory.mkdir(parents=True, exist_ok=True)
         stem = datetime.now(UTC).strftime("%Y%m%dT%H%M%S_%f") + ("-drift" if drift else "")
         html = directory / f"{stem}.html"
-        if result.report is not None:
-            result.report.save_html(str(html))
+        snapshot = evidently.report if evidently is not None else None
+        if snapshot is not None:
+            snapshot.save_html(str(html))
         summary = {
             "model_name": window.model_name,
             "model_version": window.version,
@@ -308,11 +327,13 @@ class ReportWriter:
             "drift": result.drift,
             "scores": result.scores,
             "drifted_features": [f.model_dump() for f in result.drifted],
-            "evidently": result.report.dict() if result.report is not None else None,
+            "evidently_scores": evidently.scores if evidently is not None else None,
+            "evidently": snapshot.dict() if snapshot is not None else None,
         }
-        (directory / f"{stem}.json").write_text(json.dumps(summary, indent=1, default=str))
+        path = directory / f"{stem}.json"
+        path.write_text(json.dumps(summary, indent=1, default=str))
         prune_reports(directory, self.keep)
-        return html
+        return html if snapshot is not None else path
 
     def save_json(self, model_name: str, version: int, name: str, payload: Any) -> Path:
         """A JSON-only report (quality drops)."""

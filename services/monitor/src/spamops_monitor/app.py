@@ -25,7 +25,7 @@ from spamops_schemas.topics import (
 )
 
 from spamops_monitor.adapters import MlflowProfiles, ProfileStore, ReportWriter, WebhookNotifier
-from spamops_monitor.drift import AlertGate, EvidentlyDrift, Windows
+from spamops_monitor.drift import AlertGate, EvidentlyDrift, HistogramDrift, Window, Windows
 from spamops_monitor.handlers import (
     QUALITY_FILE,
     SERVICE,
@@ -33,14 +33,17 @@ from spamops_monitor.handlers import (
     Notifier,
     WindowChecker,
     check_window,
+    commit_floor,
     on_labeled,
     on_serving,
     on_verdict,
+    settle,
     tick,
     write_status,
 )
 from spamops_monitor.quality import LiveQuality
 from spamops_monitor.settings import MonitorSettings
+from spamops_monitor.state import StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -76,23 +79,32 @@ def build_app(settings: MonitorSettings | None = None) -> FastStream:
     async def check(window: object) -> object:
         return await check_window(window, deps_box[0])  # type: ignore[arg-type]
 
-    checker = WindowChecker(check, settings.pending_windows)
+    def skipped(window: Window) -> None:
+        settle(window, deps_box[0], "skipped")
+
+    checker = WindowChecker(check, settings.pending_windows, skipped)
+    store = StateStore(
+        settings.state_path, join_capacity=settings.join_capacity,
+        quality_window=settings.quality_window, max_versions=settings.max_versions,
+    )  # fmt: skip
     deps = MonitorDeps(
         settings=settings,
         model_name=platform.model_name,
         windows=Windows(
             settings.window_size, settings.window_max_age_s, settings.min_window_size,
             time.monotonic, max_parked=settings.pending_windows,
+            max_versions=settings.max_versions, expire_s=settings.window_expire_s,
         ),
         profiles=ProfileStore(
             mlflow.build, root / "profiles", model_name=platform.model_name,
-            retry_s=settings.profile_retry_s,
+            retry_s=settings.profile_retry_s, max_versions=settings.max_versions,
         ),
-        detector=EvidentlyDrift(
+        detector=HistogramDrift(threshold=settings.drift_threshold, share=settings.drift_share),
+        reporter=EvidentlyDrift(
             method=settings.drift_method, threshold=settings.drift_threshold,
             share=settings.drift_share,
         ),
-        quality=LiveQuality(settings.join_capacity, settings.quality_window),
+        quality=LiveQuality(settings.join_capacity, settings.quality_window, store),
         gate=AlertGate(settings.cooldown_s, root / "alerts.json", time.time),
         reports=ReportWriter(root / "reports", settings.reports_keep),
         publish=publish,
@@ -106,15 +118,24 @@ def build_app(settings: MonitorSettings | None = None) -> FastStream:
         await on_verdict(event, record.partition, record.offset, record.timestamp_ms, deps)
 
     async def labeled(event: EmailLabeled, record: RecordContext) -> None:
-        await on_labeled(event, deps)
+        await on_labeled(event, deps, partition=record.partition, offset=record.offset)
 
+    def floor(topic: str, partition: int) -> int | None:
+        return commit_floor(topic, partition, deps)
+
+    # Commits stop at the first verdict of the oldest window not evaluated yet, and at
+    # join writes not stored yet: a restart replays them (and skips what was counted).
     subscribe_events(
         broker, topic=EMAILS_VERDICTS, event_cls=EmailClassified, handler=verdict,
         settings=settings, service=SERVICE, batch_max_records=settings.batch_max_records,
+        commit_floor=floor,
     )  # fmt: skip
+    # The label join is in the state store, shared by every monitor process using the same
+    # state dir: a label joins its verdict whichever process read either (README: scaling).
     subscribe_events(
         broker, topic=EMAILS_FEEDBACK, event_cls=EmailLabeled, handler=labeled,
         settings=settings, service=SERVICE, group_id=f"{settings.group_id}-feedback",
+        commit_floor=floor,
     )  # fmt: skip
 
     # Every instance follows every switch: a group of its own, from the latest offset
@@ -171,5 +192,10 @@ def build_app(settings: MonitorSettings | None = None) -> FastStream:
         write_status(deps, force=True)
         if webhook is not None:
             await webhook.close()
+
+    @app.after_shutdown
+    async def _close_state() -> None:
+        """After the consumers stopped: the last pending state stored, the file closed."""
+        store.close()
 
     return app

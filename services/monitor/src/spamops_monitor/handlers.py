@@ -1,8 +1,11 @@
 """What the monitor does with each event: plain functions on typed events, deps passed in.
 
 * EmailClassified -> the version's drift window (+ the live-quality join); a due
-  window goes to the background checker, which runs Evidently and may publish
-  DriftDetected(kind=data).
+  window goes to the background checker, which scores it with PSI from histogram
+  counts, runs the Evidently report when it alerts (or a periodic report is due), and
+  may publish DriftDetected(kind=data).
+* ``commit_floor`` tells the Kafka wiring how far it may commit: not past a verdict
+  of a window not evaluated yet, nor past a join write not stored yet.
 * EmailLabeled -> live quality of the verdict's version; a drop below the
   thresholds publishes DriftDetected(kind=performance).
 * ModelRegistered / ModelPromoted -> which versions serve; their profiles are
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,11 +27,14 @@ from typing import Any, Protocol
 
 from spamops_schemas import DriftDetected, EmailClassified, EmailLabeled
 from spamops_schemas.events import DriftedFeature, DriftWindow
+from spamops_schemas.topics import EMAILS_FEEDBACK, EMAILS_VERDICTS
 
 from spamops_monitor.adapters import ProfileStore, ReportWriter, write_json_atomically
 from spamops_monitor.drift import (
     AlertGate,
+    DriftResult,
     EvidentlyDrift,
+    HistogramDrift,
     Kind,
     Observation,
     Severity,
@@ -43,12 +50,15 @@ from spamops_monitor.metrics import (
     LABELS,
     LABELS_UNMATCHED,
     QUALITY,
+    REPLAYED,
+    REPORT_SECONDS,
     SUPPRESSED,
     VERDICTS,
     WINDOWS,
 )
 from spamops_monitor.quality import Joined, LiveQuality, QualityMetrics
 from spamops_monitor.settings import MonitorSettings
+from spamops_monitor.state import StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +88,8 @@ class MonitorDeps:
     model_name: str
     windows: Windows
     profiles: ProfileStore
-    detector: EvidentlyDrift
+    detector: HistogramDrift
+    reporter: EvidentlyDrift
     quality: LiveQuality
     gate: AlertGate
     reports: ReportWriter
@@ -88,25 +99,50 @@ class MonitorDeps:
     status_path: Path | None = None
     serving: dict[str, int] = field(default_factory=dict)
     clock: Callable[[], float] = time.monotonic
+    publish_retry_s: float = 1.0
     _status_written: float = field(default=-math.inf, init=False)
     _waiting: set[int] = field(default_factory=set, init=False)
+    _last_report: dict[int, float] = field(default_factory=dict, init=False)
+
+    @property
+    def store(self) -> StateStore:
+        """The state that outlives a crash (coverage of the windows, the label join)."""
+        return self.quality.store
 
 
 # ------------------------------------------------------------------ verdicts
 async def on_verdict(
-    event: EmailClassified, partition: int, offset: int, timestamp_ms: int, deps: MonitorDeps
+    event: EmailClassified,
+    partition: int,
+    offset: int,
+    timestamp_ms: int,
+    deps: MonitorDeps,
+    topic: str = EMAILS_VERDICTS,
 ) -> None:
-    """One verdict: the live-quality join, then the version's drift window."""
+    """One verdict: the live-quality join, then the version's drift window.
+
+    A verdict replayed after a crash (the commit floor held it back) is skipped by the
+    join when its effect is already stored, and by the windows when an evaluated window
+    already counted it: each verdict is counted once.
+    """
     if event.model_name != deps.model_name:
         IGNORED.labels("other-model").inc()
         return
     version = event.model_version
     VERDICTS.labels(str(version)).inc()
-    joined = deps.quality.verdict(event.message_key, event.model_name, version, event.verdict)
-    if joined is not None:
-        await after_label(joined, deps)
+    store = deps.store
+    if offset > store.applied_offset(topic, partition):
+        joined = deps.quality.verdict(event.message_key, event.model_name, version, event.verdict)
+        store.mark_applied(topic, partition, offset)
+        if joined is not None:
+            await after_label(joined, deps)
+    else:
+        REPLAYED.labels("join").inc()
     if not event.features:
         IGNORED.labels("no-features").inc()
+        return
+    if offset <= store.covered_offset(event.model_name, version, partition):
+        REPLAYED.labels("window").inc()
         return
     row = Observation(
         features=event.features,
@@ -116,9 +152,11 @@ async def on_verdict(
         timestamp_ms=timestamp_ms,
     )
     window = deps.windows.add(event.model_name, version, row)
+    for evicted in deps.windows.evict_versions():
+        settle(evicted, deps, "evicted")
     if deps.profiles.get(version) is None:
-        # Unknown version or no profile yet: the window keeps the newest verdicts
-        # (bounded) and is checked once the profile exists (ProfileStore logs why).
+        # Unknown version or no profile yet: full windows are parked (bounded) and
+        # checked once the profile exists (ProfileStore logs why).
         if version not in deps._waiting and window.due(
             deps.windows.clock(), deps.windows.max_age_s, deps.windows.min_size
         ):
@@ -127,8 +165,9 @@ async def on_verdict(
                 "drift window full but no reference profile yet: kept until it is available",
                 extra={"version": version, "size": len(window)},
             )
-        if deps.windows.park_if_full(event.model_name, version):
-            WINDOWS.labels(str(version), "skipped").inc()
+        dropped = deps.windows.park_if_full(event.model_name, version)
+        if dropped is not None:
+            settle(dropped, deps, "skipped")
         return
     deps._waiting.discard(version)
     for parked in deps.windows.take_parked(event.model_name, version):
@@ -138,27 +177,63 @@ async def on_verdict(
         deps.checks.submit(closed)
 
 
+def settle(window: Window, deps: MonitorDeps, result: str | None = None) -> None:
+    """A window's verdicts are done with: recorded as covered (stored at the next flush,
+    before any commit past them) and no longer holding the commit floor back. ``result``
+    counts a window given up unevaluated (skipped, evicted, expired)."""
+    deps.store.mark_covered(window.model_name, window.version, window.last_offsets)
+    deps.windows.settle(window)
+    if result is not None:
+        WINDOWS.labels(str(window.version), result).inc()
+        logger.warning(
+            "drift window given up unchecked",
+            extra={"version": window.version, "size": len(window), "result": result},
+        )
+
+
+def commit_floor(topic: str, partition: int, deps: MonitorDeps) -> int | None:
+    """For the Kafka wiring, before each commit: the lowest offset of (topic, partition)
+    whose effect is not durable yet, or None when everything handled is.
+
+    The join's pending writes are stored first (one SQLite transaction). Verdicts in a
+    window not evaluated yet (open, parked for a profile, queued for a check) are not
+    durable: the floor is the first of them, so a restart replays those windows.
+    """
+    unflushed = None
+    try:
+        deps.store.flush()
+    except sqlite3.Error:
+        logger.exception("cannot store the monitor state: nothing committed past it")
+        unflushed = deps.store.first_unflushed(topic, partition)
+    window = deps.windows.floor(partition) if topic == EMAILS_VERDICTS else None
+    floors = [o for o in (unflushed, window) if o is not None]
+    return min(floors) if floors else None
+
+
 async def check_window(window: Window, deps: MonitorDeps) -> DriftDetected | None:
-    """Evidently on a closed window against its version's profile; DriftDetected on drift."""
+    """PSI of a closed window against its version's profile (histogram counts, cheap);
+    the Evidently report when the window raises an alert or a periodic report is due;
+    DriftDetected on drift. The window is settled once its outcome is published."""
     profile = deps.profiles.get(window.version)
     if profile is None:  # cannot happen for windows the stream closed; be safe
-        WINDOWS.labels(str(window.version), "skipped").inc()
+        settle(window, deps, "skipped")
         return None
     started = time.perf_counter()
     settings = deps.settings
-
-    def run() -> tuple[Any, Path]:
-        result = deps.detector.check(profile.frame, window.frame())
-        path = deps.reports.save(window, result, drift=result.drift)
-        return result, path
-
     try:
-        result, report = await asyncio.to_thread(run)
+        result = deps.detector.check(profile, window)
     except Exception:
-        WINDOWS.labels(str(window.version), "failed").inc()
         logger.exception("drift check failed", extra={"version": window.version})
+        settle(window, deps, "failed")
         return None
     CHECK_SECONDS.observe(time.perf_counter() - started)
+    alert = result.drift and deps.gate.allows(deps.model_name, window.version, "data")
+    now = deps.clock()
+    periodic = now - deps._last_report.get(window.version, -math.inf) >= settings.report_interval_s
+    report: Path | None = None
+    if alert or periodic:
+        deps._last_report[window.version] = now
+        report = await write_report(window, profile.frame, result, deps)
     DRIFT_SHARE.labels(str(window.version)).set(result.share)
     WINDOWS.labels(str(window.version), "drift" if result.drift else "no_drift").inc()
     logger.info(
@@ -169,22 +244,59 @@ async def check_window(window: Window, deps: MonitorDeps) -> DriftDetected | Non
             "drift_share": round(result.share, 4),
             "drift": result.drift,
             "drifted": [f.feature for f in result.drifted],
-            "report": str(report),
+            "report": str(report) if report is not None else None,
         },
     )
-    if not result.drift:
-        return None
-    level = severity(result.share, settings.severity_medium_share, settings.severity_high_share)
-    return await raise_drift(
-        deps,
-        window.version,
-        kind="data",
-        window=window.describe(),
-        share=result.share,
-        drifted=result.drifted,
-        report_uri=report.as_uri(),
-        level=level,
-    )
+    event = None
+    if result.drift:
+        level = severity(result.share, settings.severity_medium_share, settings.severity_high_share)
+        delay = deps.publish_retry_s
+        while True:  # Kafka unreachable: retried; the window holds the floor meanwhile
+            try:
+                event = await raise_drift(
+                    deps,
+                    window.version,
+                    kind="data",
+                    window=window.describe(),
+                    share=result.share,
+                    drifted=result.drifted,
+                    report_uri=report.as_uri() if report is not None else "",
+                    level=level,
+                )
+                break
+            except Exception:
+                logger.exception("cannot publish DriftDetected, retrying", extra={"in_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+    settle(window, deps)
+    try:
+        deps.store.flush()  # the coverage durable now, not only at the next commit
+    except sqlite3.Error:
+        logger.exception("cannot store the window's coverage (retried at the next flush)")
+    return event
+
+
+async def write_report(
+    window: Window, reference: Any, result: DriftResult, deps: MonitorDeps
+) -> Path | None:
+    """The Evidently report (HTML + JSON) of one window, in a worker thread."""
+    started = time.perf_counter()
+
+    def run() -> Path:
+        evidently = deps.reporter.check(reference, window.frame())
+        return deps.reports.save(window, result, drift=result.drift, evidently=evidently)
+
+    try:
+        path = await asyncio.to_thread(run)
+    except Exception:
+        logger.exception("Evidently report failed", extra={"version": window.version})
+        try:
+            return await asyncio.to_thread(deps.reports.save, window, result, drift=result.drift)
+        except OSError:
+            logger.exception("cannot write the drift summary")
+            return None
+    REPORT_SECONDS.observe(time.perf_counter() - started)
+    return path
 
 
 async def raise_drift(
@@ -233,8 +345,21 @@ async def raise_drift(
 
 
 # ------------------------------------------------------------------ labels
-async def on_labeled(event: EmailLabeled, deps: MonitorDeps) -> None:
-    """One label: joined with its verdict (now, or when the verdict comes)."""
+async def on_labeled(
+    event: EmailLabeled,
+    deps: MonitorDeps,
+    *,
+    partition: int | None = None,
+    offset: int | None = None,
+    topic: str = EMAILS_FEEDBACK,
+) -> None:
+    """One label: joined with its verdict (now, or when the verdict comes). A label read
+    again after a restart whose effect is already stored is skipped."""
+    if partition is not None and offset is not None:
+        if offset <= deps.store.applied_offset(topic, partition):
+            REPLAYED.labels("join").inc()
+            return
+        deps.store.mark_applied(topic, partition, offset)
     joined = deps.quality.label(event.message_key, event.label)
     if joined is None:
         LABELS_UNMATCHED.inc()
@@ -318,7 +443,7 @@ def write_status(deps: MonitorDeps, *, force: bool = False) -> None:
     versions = {
         str(version): {
             **deps.quality.metrics(name, version).as_dict(),
-            "labels_total": deps.quality.total_labels.get((name, version), 0),
+            "labels_total": deps.quality.total_labels(name, version),
         }
         for name, version in deps.quality.versions()
         if name == deps.model_name
@@ -349,8 +474,14 @@ def on_serving(alias: str, version: int, deps: MonitorDeps) -> None:
 class WindowChecker:
     """Checks closed windows one at a time in the background; a full queue skips the oldest."""
 
-    def __init__(self, check: Callable[[Window], Awaitable[object]], pending: int) -> None:
+    def __init__(
+        self,
+        check: Callable[[Window], Awaitable[object]],
+        pending: int,
+        skipped: Callable[[Window], None] = lambda window: None,
+    ) -> None:
         self.check = check
+        self.skipped = skipped
         self.queue: asyncio.Queue[Window] = asyncio.Queue(pending)
         self.task: asyncio.Task[None] | None = None
 
@@ -361,8 +492,8 @@ class WindowChecker:
         if self.queue.full():
             skipped = self.queue.get_nowait()
             self.queue.task_done()
-            WINDOWS.labels(str(skipped.version), "skipped").inc()
             logger.warning("drift checks behind: oldest window skipped")
+            self.skipped(skipped)
         self.queue.put_nowait(window)
 
     async def _run(self) -> None:
@@ -387,7 +518,8 @@ class WindowChecker:
 
 def tick(deps: MonitorDeps) -> int:
     """Submit every due window whose profile is ready (time windows on an idle stream, a
-    profile that appeared after its window filled). Returns how many were submitted."""
+    profile that appeared after its window filled), give up expired windows, and store
+    the pending state. Returns how many windows were submitted."""
     submitted = 0
     for model_name, version in list(deps.windows.parked):
         if deps.profiles.get(version) is not None:
@@ -402,4 +534,10 @@ def tick(deps: MonitorDeps) -> int:
             deps._waiting.discard(version)
             deps.checks.submit(closed)
             submitted += 1
+    for expired in deps.windows.take_expired():
+        settle(expired, deps, "expired")
+    for version in [v for v in deps._last_report if v not in deps.profiles.profiles]:
+        deps._last_report.pop(version, None)  # bounded like the profiles
+    deps._waiting.intersection_update(v for _, v in [*deps.windows.open, *deps.windows.parked])
+    deps.store.flush()
     return submitted

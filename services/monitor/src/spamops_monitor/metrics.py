@@ -18,8 +18,8 @@ DRIFT_SHARE = Gauge(
 )
 CHECK_SECONDS = Histogram(
     "spamops_monitor_check_seconds",
-    "Evidently check of one window (report files included).",
-    buckets=(0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32),
+    "PSI check of one window (histogram counts; the Evidently report is timed apart).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
 DRIFT_EVENTS = Counter(
     "spamops_monitor_drift_events_total", "DriftDetected published, by kind.", ["kind"]
@@ -50,4 +50,14 @@ WEBHOOK = Counter(
     "spamops_monitor_webhook_total",
     "Webhook deliveries by result (delivered, retried, failed, dropped).",
     ["result"],
+)
+REPORT_SECONDS = Histogram(
+    "spamops_monitor_report_seconds",
+    "Evidently report of one window (HTML + JSON files), run on alerts and periodically.",
+    buckets=(0.5, 1, 2, 4, 8, 16, 32, 64),
+)
+REPLAYED = Counter(
+    "spamops_monitor_replayed_total",
+    "Verdicts read again after a restart and skipped, already counted (by: join, window).",
+    ["by"],
 )

@@ -1,15 +1,17 @@
 """Live quality: labels from emails.feedback joined with verdicts by message key.
 
-Memory is bounded: the newest ``capacity`` verdicts (and labels that arrived
-before their verdict) are remembered; the metrics of a version cover its last
-``window`` labelled verdicts.
+The join is stored in the monitor's ``StateStore`` (SQLite under its state dir) and
+is bounded: the newest ``capacity`` verdicts (and labels that arrived before their
+verdict) are remembered; the metrics of a version cover its last ``window`` labelled
+verdicts.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
+
+from spamops_monitor.state import StateStore
 
 
 @dataclass(frozen=True)
@@ -72,43 +74,34 @@ class Joined:
 
 
 class LiveQuality:
-    """Joins verdicts and labels; keeps per-version sliding confusion counts."""
+    """Joins verdicts and labels; per-version confusion counts over the last ``window`` pairs.
 
-    def __init__(self, capacity: int, window: int) -> None:
+    The join lives in a ``StateStore`` (SQLite; in memory unless one is given), so it
+    survives a crash and is shared by the monitor processes that share the state dir.
+    """
+
+    def __init__(self, capacity: int, window: int, store: StateStore | None = None) -> None:
         self.capacity = capacity
         self.window = window
-        self._verdicts: OrderedDict[str, tuple[str, int, bool]] = OrderedDict()
-        self._early_labels: OrderedDict[str, bool] = OrderedDict()
-        self._pairs: dict[tuple[str, int], deque[tuple[bool, bool]]] = {}
-        self.total_labels: dict[tuple[str, int], int] = {}
-        self.unmatched_labels = 0  # labels whose verdict was never seen (or forgotten)
+        self.store = store or StateStore(":memory:", join_capacity=capacity, quality_window=window)
 
-    @staticmethod
-    def _remember(store: OrderedDict[str, Any], key: str, value: Any, capacity: int) -> int:
-        store[key] = value
-        store.move_to_end(key)
-        dropped = 0
-        while len(store) > capacity:
-            store.popitem(last=False)
-            dropped += 1
-        return dropped
+    @property
+    def unmatched_labels(self) -> int:
+        """Early labels forgotten (capacity) before their verdict came."""
+        return self.store.forgotten_labels
 
-    def _join(self, key: str, verdict: tuple[str, int, bool], actual_spam: bool) -> Joined:
+    def _join(self, verdict: tuple[str, int, bool], actual_spam: bool) -> Joined:
         model_name, version, predicted = verdict
-        pairs = self._pairs.setdefault((model_name, version), deque(maxlen=self.window))
-        pairs.append((predicted, actual_spam))
-        self.total_labels[(model_name, version)] = (
-            self.total_labels.get((model_name, version), 0) + 1
-        )
+        self.store.add_pair(model_name, version, predicted, actual_spam)
         return Joined(model_name, version, predicted, actual_spam)
 
     def verdict(self, key: str, model_name: str, version: int, verdict: str) -> Joined | None:
         """Remember a verdict; joined at once when its label came first."""
         entry = (model_name, version, verdict == "spam")
-        early = self._early_labels.pop(key, None)
+        early = self.store.take_early_label(key)
         if early is not None:
-            return self._join(key, entry, early)
-        self._remember(self._verdicts, key, entry, self.capacity)
+            return self._join(entry, early)
+        self.store.keep_verdict(key, entry)
         return None
 
     def label(self, key: str, label: str) -> Joined | None:
@@ -118,21 +111,25 @@ class LiveQuality:
         consumed by the first): the last label of a key wins only for training.
         """
         actual = label == "spam"
-        verdict = self._verdicts.pop(key, None)
+        verdict = self.store.take_verdict(key)
         if verdict is None:
-            self.unmatched_labels += self._remember(self._early_labels, key, actual, self.capacity)
+            self.store.keep_early_label(key, actual)
             return None
-        return self._join(key, verdict, actual)
+        return self._join(verdict, actual)
 
     def metrics(self, model_name: str, version: int) -> QualityMetrics:
         """Confusion counts over the version's last ``window`` labelled verdicts."""
-        pairs = self._pairs.get((model_name, version), ())
+        pairs = self.store.pairs(model_name, version)
         tp = sum(1 for p, a in pairs if p and a)
         fp = sum(1 for p, a in pairs if p and not a)
         tn = sum(1 for p, a in pairs if not p and not a)
         fn = sum(1 for p, a in pairs if not p and a)
         return QualityMetrics(labels=len(pairs), tp=tp, fp=fp, tn=tn, fn=fn)
 
+    def total_labels(self, model_name: str, version: int) -> int:
+        """Labels ever joined with a verdict of the version."""
+        return self.store.label_total(model_name, version)
+
     def versions(self) -> list[tuple[str, int]]:
         """Every (model, version) with at least one labelled verdict."""
-        return sorted(self._pairs)
+        return self.store.versions()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -35,7 +36,31 @@ class MonitorSettings(ServiceSettings):
     min_window_size: int = Field(
         default=200, ge=10, description="Fewest verdicts a time-closed window needs."
     )
-    drift_method: str = Field(default="psi", description="Evidently drift method per column.")
+    window_expire_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="An open window this old that never became due (fewer than "
+        "min_window_size verdicts: its version stopped serving) is given up, so it does not "
+        "hold the commit floor back (0 = never).",
+    )
+    max_versions: int = Field(
+        default=8,
+        ge=1,
+        description="Model versions with windows, profiles and live-quality pairs in memory "
+        "at once (least recently used first out): memory levels off.",
+    )
+    report_interval_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="Every window is scored with PSI from histogram counts; the Evidently "
+        "report (HTML + JSON) runs for a drifted window that raises an alert, and otherwise at "
+        "most once per this interval per version (0 = for every window: costly).",
+    )
+    drift_method: Literal["psi"] = Field(
+        default="psi",
+        description="Drift score per column: PSI, computed from histogram counts exactly as "
+        "Evidently's (its report uses the same method).",
+    )
     drift_threshold: float = Field(
         default=0.1, gt=0, description="A column drifted when its score exceeds this (PSI 0.1)."
     )
@@ -105,3 +130,8 @@ class MonitorSettings(ServiceSettings):
     def monitor_dir(self) -> Path:
         """Everything the monitor writes: ``<state>/data/monitor``."""
         return self.platform.state_dir / "data" / "monitor"
+
+    @property
+    def state_path(self) -> Path:
+        """The SQLite file of the state that outlives a crash (coverage, label join)."""
+        return self.monitor_dir / "state.sqlite3"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import tempfile
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from spamops_runtime.model_registry import is_not_found
 from spamops_runtime.triton_repo import (
     TritonRepositoryClient,
     model_versions,
@@ -39,6 +39,9 @@ TAG_N_INPUTS = "spamops.n_inputs"
 TAG_REGISTERED_EVENT = "spamops.model_registered"
 TAG_PUBLISHED = "spamops.model_registered_published"
 TAG_PROMOTION_EVENT = "spamops.promotion_event_id"
+# "<approval event id>:<previous production version or empty>", written before the alias
+# moves, so an interrupted promotion resumes with the same previous version.
+TAG_PROMOTION_PREVIOUS = "spamops.promotion_previous"
 RUN_TAG_REJECTED = "spamops.model_rejected"
 PARITY_ARTIFACT = "parity/test_sample.npz"
 
@@ -81,8 +84,10 @@ class MlflowRegistry:
 
         try:
             return self._info(self._client.get_model_version(self.model_name, str(version)))
-        except MlflowException:
-            return None
+        except MlflowException as exc:
+            if is_not_found(exc):
+                return None
+            raise  # MLflow down or failing: the wiring retries, never "unknown version"
 
     def version_for_event(self, model_trained_event_id: str) -> VersionInfo | None:
         """The version already registered for a ModelTrained (replays and resumptions)."""
@@ -95,8 +100,11 @@ class MlflowRegistry:
         """A new version of the registered model (created on first use)."""
         from mlflow.exceptions import MlflowException
 
-        with contextlib.suppress(MlflowException):  # it already exists
+        try:
             self._client.create_registered_model(self.model_name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
         # MLflow 3 logged models (models:/m-<id>) are registered by their model id.
         logged = model_uri.startswith("models:/m-")
         model_id = model_uri.removeprefix("models:/") if logged else None
@@ -116,8 +124,10 @@ class MlflowRegistry:
 
         try:
             mv = self._client.get_model_version_by_alias(self.model_name, alias)
-        except MlflowException:
-            return None
+        except MlflowException as exc:
+            if is_not_found(exc) or exc.error_code == "INVALID_PARAMETER_VALUE":
+                return None  # no such alias (or no such model yet)
+            raise  # an outage is not "no champion"
         return int(mv.version)
 
     def set_alias(self, alias: str, version: int) -> None:

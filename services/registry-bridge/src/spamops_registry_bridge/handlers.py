@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
-from spamops_runtime.kafka import RecordContext, RejectRecord
+from spamops_runtime.kafka import RecordContext, RejectRecord, is_transient
 from spamops_schemas import (
     ClassificationMetrics,
     Event,
@@ -43,6 +43,7 @@ from spamops_registry_bridge.adapters import (
     TAG_ONNX_URI,
     TAG_PARITY,
     TAG_PROMOTION_EVENT,
+    TAG_PROMOTION_PREVIOUS,
     TAG_PUBLISHED,
     TAG_REGISTERED_EVENT,
     TAG_RUN,
@@ -134,7 +135,9 @@ def _champion(registry: MlflowRegistry, challenger: ModelTrained) -> Classificat
         return challenger.metrics
     try:
         return champion_on_challenger_test(registry, info.version, info.run_id, challenger)
-    except Exception:
+    except Exception as exc:
+        if is_transient(exc):
+            raise  # an outage must not change the gate's decision: retry the whole record
         logger.exception("cannot score the champion on the challenger's test split")
         return registry.run_metrics(info.run_id)
 
@@ -329,13 +332,24 @@ def check_approval(event: PromotionApproved, deps: BridgeDeps) -> VersionInfo:
     return info
 
 
+def _previous_production(
+    event: PromotionApproved, info: VersionInfo, registry: MlflowRegistry
+) -> int | None:
+    """The production version before this approval, also when resuming an interrupted one."""
+    stored = info.tags.get(TAG_PROMOTION_PREVIOUS, "")
+    approval, _, version = stored.partition(":")
+    if approval == str(event.event_id):
+        return int(version) if version else None
+    return registry.alias_version(PRODUCTION)
+
+
 def promote(event: PromotionApproved, deps: BridgeDeps) -> ModelPromoted | None:
     """The blocking part of PromotionApproved; None when this approval was already applied."""
     registry, settings = deps.registry, deps.settings
     info = check_approval(event, deps)
     if info.tags.get(TAG_PROMOTION_EVENT) == str(event.event_id):
         return None
-    previous = registry.alias_version(PRODUCTION)
+    previous = _previous_production(event, info, registry)
     onnx_bytes = registry.load_onnx(info.run_id, info.version)
     if sha256_hex(onnx_bytes) != info.tags[TAG_ONNX_SHA]:
         raise RuntimeError(f"stored ONNX of version {info.version} does not match its sha256")
@@ -346,6 +360,9 @@ def promote(event: PromotionApproved, deps: BridgeDeps) -> ModelPromoted | None:
     deps.triton.deploy(name, info.version, onnx_bytes, n_inputs, serve)
     x, _ = registry.parity_sample(info.run_id)
     _smoke(deps, name, info.version, onnx_bytes, x)
+    # Remember the previous version before the alias moves: a promotion interrupted after
+    # the move resumes with it (the alias itself then already names this version).
+    registry.set_tags(info.version, {TAG_PROMOTION_PREVIOUS: f"{event.event_id}:{previous or ''}"})
     registry.set_alias(PRODUCTION, info.version)  # only once Triton serves it
     kind = "rollback" if previous is not None and info.version < previous else "promotion"
     logger.info(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from spamops_runtime.model_registry import is_not_found
 from spamops_runtime.replay import read_topic
 from spamops_runtime.settings import PlatformSettings
 from spamops_schemas import DatasetReady, EmailLabeled, ModelTrained
@@ -257,7 +258,9 @@ class MlflowTracker:
         run_id: str | None = None
         try:
             run_id = self._client.get_model_version(model_name, str(version)).run_id
-        except MlflowException:
+        except MlflowException as exc:
+            if not is_not_found(exc):
+                raise  # MLflow down: retried by the wiring, not "unknown version"
             logger.warning(
                 "model version not in the registry; using the latest training",
                 extra={"model_name": model_name, "version": version},

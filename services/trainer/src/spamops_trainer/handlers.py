@@ -175,7 +175,6 @@ async def on_drift_detected(event: DriftDetected, record: RecordContext, deps: D
     ready = ready.model_copy(
         update={"correlation_id": event.correlation_id, "causation_id": event.event_id}
     )
-    deps.last_retraining[event.model_name] = now
     logger.info(
         "drift snapshot built",
         extra={
@@ -185,3 +184,6 @@ async def on_drift_detected(event: DriftDetected, record: RecordContext, deps: D
         },
     )
     await deps.publish(ready)
+    # Only once the DatasetReady is out: a failed publish retries the record, and the
+    # retry must not find the cooldown already running (the retraining would be lost).
+    deps.last_retraining[event.model_name] = now
