@@ -48,7 +48,7 @@ def commit() -> str:
         return "unknown"
 
 
-def write_results(name: str, numbers: dict[str, Any]) -> Path:
+def write_results(name: str, numbers: dict[str, Any], *, quiet: bool = False) -> Path:
     """Print and write ``benchmarks/results/<name>.json`` with machine, date and commit."""
     document = {
         "benchmark": name,
@@ -60,7 +60,8 @@ def write_results(name: str, numbers: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(document, indent=2, default=str) + "\n")
-    print(json.dumps(document, indent=2, default=str))
+    if not quiet:
+        print(json.dumps(document, indent=2, default=str))
     return path
 
 

@@ -103,7 +103,8 @@ def test_dataset_ready_trains_and_logs_everything_to_mlflow(
     ready, trained = first_training
     assert trained.correlation_id == ready.correlation_id
     assert trained.dataset_id == ready.dataset_id
-    assert trained.n_features == 527
+    # 500 chi²-selected terms + 24 handcrafted + 3 reputation + the linear text score.
+    assert trained.n_features == 528
     assert trained.metrics.f1 > 0.8  # two tiny trials; the benchmark measures the real thing
     assert 0 < trained.threshold < 1
 
@@ -132,6 +133,11 @@ def test_dataset_ready_trains_and_logs_everything_to_mlflow(
     )  # fmt: skip
     pipeline = FeaturePipeline.load(local)
     assert pipeline.spec.version == trained.feature_spec_version
+    assert pipeline.spec.n_inputs == trained.n_features
+    assert pipeline.coef.any()  # the linear text model is part of the saved data
+    # The saved pipeline recomputes the training inputs of the test rows exactly.
+    assert run.data.metrics["feature_parity_max_abs"] <= 1e-6
+    assert run.data.metrics["max_val_fpr"] == 0.005
     # The reputation states of the training data reached the online store.
     kv = redis.Redis.from_url(trainer_stack.redis)
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from spamops_features import handcrafted, pipeline
 from spamops_features.handcrafted import HANDCRAFTED_NAMES, prepare
 from spamops_features.mail import MailParseError, ParsedEmail, parse_email
 from spamops_features.pipeline import (
+    EXTRA_NAMES,
     N_EMAIL_FEATURES,
     N_TFIDF,
     REPUTATION_DEFAULTS,
@@ -26,6 +28,7 @@ from spamops_features.pipeline import (
     FeatureSpecMismatchError,
     TfidfParams,
     check_features,
+    meta_tokens,
 )
 
 # ------------------------------------------------------------ synthetic mail
@@ -86,25 +89,91 @@ def emails() -> list[ParsedEmail]:
 
 @pytest.fixture(scope="module")
 def fitted(emails: list[ParsedEmail]) -> FeaturePipeline:
-    return FeaturePipeline.fit(emails)
+    return FeaturePipeline.fit(emails, LABELS)
+
+
+LABELS = np.array([int(i % 2 == 0) for i in range(40)])  # corpus(): even = spam
+
+
+def rebuild(fitted: FeaturePipeline, **changes: object) -> FeaturePipeline:
+    """The same fitted data through the constructor (recomputes the spec)."""
+    return replace(fitted, **changes)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ the spec
-def test_spec_has_524_email_features_plus_reputation(fitted: FeaturePipeline) -> None:
+def test_spec_has_524_email_features_plus_reputation_and_the_linear_score(
+    fitted: FeaturePipeline,
+) -> None:
     spec = fitted.spec
     assert N_EMAIL_FEATURES == 524
     assert spec.n_tfidf == N_TFIDF == 500
     assert spec.n_handcrafted == len(HANDCRAFTED_NAMES) == 24
     assert spec.n_email_features == 524
     assert spec.n_reputation == 3
-    assert spec.n_inputs == 527 == len(spec.names)
+    assert spec.n_extra == 1
+    assert spec.n_inputs == 528 == len(spec.names)
     assert len(set(spec.names)) == len(spec.names)
     assert spec.handcrafted_names == HANDCRAFTED_NAMES
     assert spec.reputation_names == REPUTATION_NAMES
+    assert spec.extra_names == EXTRA_NAMES == ("text_linear_score",)
     assert all(name.startswith("tfidf:") for name in spec.tfidf_names)
-    # The TF-IDF names follow the column index of each vocabulary term.
-    for term, index in fitted.vocabulary.items():
-        assert spec.names[index] == f"tfidf:{term}"
+    # The TF-IDF names follow the selected vocabulary terms, column by column.
+    terms = fitted.terms()
+    for column, index in enumerate(fitted.selected.tolist()):
+        assert spec.names[column] == f"tfidf:{terms[index]}"
+
+
+def test_terms_are_chosen_by_chi2_on_the_labels(emails: list[ParsedEmail]) -> None:
+    # Few columns: the most discriminating terms win over the most frequent ones.
+    small = TfidfParams(max_features=10)
+    by_chi2 = FeaturePipeline.fit(emails, LABELS, small)
+    by_frequency = FeaturePipeline.fit(emails, LABELS, replace(small, selection="frequency"))
+    chosen = {n.removeprefix("tfidf:") for n in by_chi2.spec.tfidf_names}
+    assert chosen != {n.removeprefix("tfidf:") for n in by_frequency.spec.tfidf_names}
+    words = set(HAM_WORDS) | set(SPAM_WORDS) | {f"{a} {b}" for a in HAM_WORDS for b in HAM_WORDS}
+    assert any(term in words or term.startswith("meta:") for term in chosen)
+    # Without labels the fit cannot use chi²: frequency, and a zero linear model.
+    unsupervised = FeaturePipeline.fit(emails, None, small)
+    assert unsupervised.spec.tfidf_names == by_frequency.spec.tfidf_names
+    assert not unsupervised.coef.any()
+
+
+def test_the_linear_score_is_out_of_fold_for_training_rows(emails: list[ParsedEmail]) -> None:
+    pipe = FeaturePipeline.fit(emails, LABELS)
+    oof = pipe.train_linear_scores
+    assert oof is not None and oof.shape == (len(emails),)
+    served = pipe.transform(emails)[:, -1]
+    # Not the score of the model fitted on every row (which has seen each row)...
+    assert not np.allclose(oof, served)
+    # ...but it still separates the classes on this easy synthetic mail.
+    assert (oof[LABELS == 1].min() > oof[LABELS == 0].max()) or (
+        np.mean((oof > 0) == (LABELS == 1)) > 0.9
+    )
+    # The trainer's override puts it in the last column, where finite.
+    given = np.full(len(emails), np.nan, dtype=np.float32)
+    given[:5] = oof[:5]
+    x = pipe.transform(emails, linear_scores=given)
+    assert np.array_equal(x[:5, -1], oof[:5])
+    assert np.array_equal(x[5:, -1], served[5:])
+
+
+def test_bounds_clip_every_input_to_its_training_range(
+    fitted: FeaturePipeline, emails: list[ParsedEmail]
+) -> None:
+    rep = np.array([[i, 0.5, i * 2.0] for i in range(20)], dtype=np.float32)
+    bounded = fitted.with_bounds(fitted.transform(emails[:20], rep))
+    assert bounded.spec.version != fitted.spec.version
+    far = np.array([[5, 0.5, 9_000.0]], dtype=np.float32)  # the wall-clock skew of issue 15
+    unclipped = fitted.transform(emails[:1], far)
+    assert bounded.out_of_range(unclipped) == {"rep_days_since_first_seen": 1}
+    x = bounded.transform(emails[:1], far)
+    assert x[0, fitted.spec.names.index("rep_days_since_first_seen")] == 38.0
+    # TF-IDF columns stay l2-normalised weights in [0, 1].
+    assert bounded.lower is not None and bounded.upper is not None
+    assert bounded.upper[:N_TFIDF].tolist() == [1.0] * N_TFIDF
+    assert (
+        check_features(bounded.transform(emails, np.zeros((40, 3), np.float32)), bounded.spec) == []
+    )
 
 
 def test_spec_round_trips_through_dict(fitted: FeaturePipeline) -> None:
@@ -114,15 +183,16 @@ def test_spec_round_trips_through_dict(fitted: FeaturePipeline) -> None:
 
 def test_transform_shape_and_dtype(fitted: FeaturePipeline, emails: list[ParsedEmail]) -> None:
     x = fitted.transform(emails[:7])
-    assert x.shape == (7, 527)
+    assert x.shape == (7, 528)
     assert x.dtype == np.float32
     # No reputation given: the unseen-domain defaults.
-    assert np.array_equal(x[:, 524:], np.broadcast_to(REPUTATION_DEFAULTS, (7, 3)))
+    assert np.array_equal(x[:, 524:527], np.broadcast_to(REPUTATION_DEFAULTS, (7, 3)))
     rep = np.array([[3, 0.25, 10.5]] * 7, dtype=np.float32)
     rep[2, 1] = np.nan  # non-finite -> default for that value
     y = fitted.transform(emails[:7], rep)
     assert np.array_equal(y[:, :524], x[:, :524])
-    assert y[0, 524:].tolist() == [3.0, 0.25, 10.5]
+    assert y[0, 524:527].tolist() == [3.0, 0.25, 10.5]
+    assert np.array_equal(y[:, 527], x[:, 527])
     assert y[2, 525] == 0.5
     with pytest.raises(ValueError, match="reputation must be"):
         fitted.transform(emails[:7], rep[:3])
@@ -144,7 +214,7 @@ def test_save_load_is_bit_identical(
     # Saving is data, not a pickle.
     assert sorted(p.name for p in (tmp_path / "pipe").iterdir()) == [
         "feature_pipeline.json",
-        "idf.npz",
+        "features.npz",
     ]
 
 
@@ -153,14 +223,16 @@ def test_fit_is_deterministic(emails: list[ParsedEmail]) -> None:
     assert a.spec == b.spec
     assert a.vocabulary == b.vocabulary
     assert a.idf.tobytes() == b.idf.tobytes()
+    assert a.coef.tobytes() == b.coef.tobytes()
+    assert a.selected.tolist() == b.selected.tolist()
 
 
 def test_tampered_idf_is_refused(fitted: FeaturePipeline, tmp_path: Path) -> None:
     fitted.save(tmp_path)
-    with np.load(tmp_path / "idf.npz") as arrays:
-        idf = arrays["idf"].copy()
-    idf[0] += 1
-    np.savez(tmp_path / "idf.npz", idf=idf)
+    with np.load(tmp_path / "features.npz") as stored:
+        arrays = {name: stored[name].copy() for name in stored.files}
+    arrays["idf"][0] += 1
+    np.savez(tmp_path / "features.npz", **arrays)
     with pytest.raises(ValueError, match="sha256"):
         FeaturePipeline.load(tmp_path)
 
@@ -173,7 +245,7 @@ def test_version_changes_when_a_handcrafted_feature_changes(
     original = handcrafted._count_urls
     # A "bug fix" in one feature function: every URL count on the probes moves by one.
     monkeypatch.setattr(handcrafted, "_count_urls", lambda text: original(text) + 1)
-    changed = FeaturePipeline(params=fitted.params, vocabulary=fitted.vocabulary, idf=fitted.idf)
+    changed = rebuild(fitted)
     assert changed.spec.version != fitted.spec.version
     assert changed.spec.code_version == fitted.spec.code_version  # only the probes moved
     with pytest.raises(FeatureSpecMismatchError):
@@ -187,7 +259,7 @@ def test_version_changes_with_the_code_version(
 ) -> None:
     fitted.save(tmp_path)
     monkeypatch.setattr(pipeline, "FEATURE_CODE_VERSION", "999.0.0")
-    changed = FeaturePipeline(params=fitted.params, vocabulary=fitted.vocabulary, idf=fitted.idf)
+    changed = rebuild(fitted)
     assert changed.spec.version.startswith("999.0.0+")
     assert changed.spec.version != fitted.spec.version
     with pytest.raises(FeatureSpecMismatchError):
@@ -196,49 +268,48 @@ def test_version_changes_with_the_code_version(
 
 def test_version_changes_with_a_parameter(fitted: FeaturePipeline) -> None:
     params = TfidfParams(sublinear_tf=False)
-    changed = FeaturePipeline(params=params, vocabulary=fitted.vocabulary, idf=fitted.idf)
+    changed = rebuild(fitted, params=params)
     assert changed.spec.version != fitted.spec.version
 
 
 def test_version_is_stable_without_changes(fitted: FeaturePipeline) -> None:
-    again = FeaturePipeline(params=fitted.params, vocabulary=fitted.vocabulary, idf=fitted.idf)
+    again = rebuild(fitted)
     assert again.spec == fitted.spec
 
 
 # ---------------------------------------------------------- parity with sklearn
 def test_fast_tfidf_equals_sklearn(fitted: FeaturePipeline, emails: list[ParsedEmail]) -> None:
-    docs = [pipeline._document(e, prepare(e).html_text) for e in emails]
-    # sklearn's own word analyzer, configured like TfidfParams: an independent reference.
+    # sklearn's own word analyzer and TF-IDF, configured like TfidfParams (plus the
+    # meta tokens): an independent reference for the vocabulary, idf, the selected
+    # columns and the linear score.
     params = fitted.params
+    words = TfidfVectorizer(ngram_range=(1, params.ngram_max)).build_analyzer()
+
+    def analyzer(email: ParsedEmail) -> list[str]:
+        return [*words(pipeline._document(email, prepare(email).html_text)), *meta_tokens(email)]
+
     reference = TfidfVectorizer(
-        ngram_range=(1, params.ngram_max),
-        stop_words=params.stop_words,
-        sublinear_tf=True,
-        max_features=N_TFIDF,
-        dtype=np.float64,
-    ).fit(docs)
-    assert set(reference.vocabulary_) == set(fitted.vocabulary)
-    expected_sparse = reference.transform(docs).toarray()
-    expected = np.zeros((len(docs), N_TFIDF))
-    for term, j in reference.vocabulary_.items():
-        expected[:, fitted.vocabulary[term]] = expected_sparse[:, j]
-    got = fitted.transform(emails)[:, :N_TFIDF]
-    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
-    # Held-out text too (unknown terms must be ignored, not counted).
+        analyzer=analyzer, sublinear_tf=True, min_df=params.min_df, dtype=np.float64
+    ).fit(emails)
+    assert reference.vocabulary_ == fitted.vocabulary
+    np.testing.assert_allclose(fitted.idf, reference.idf_, rtol=1e-6)
     held = [parse_email(make_raw(1000 + i, spam=i % 2 == 1, extra="qwertyzz")) for i in range(8)]
-    held_docs = [pipeline._document(e, prepare(e).html_text) for e in held]
-    expected_sparse = reference.transform(held_docs).toarray()
-    expected = np.zeros((len(held), N_TFIDF))
-    for term, j in reference.vocabulary_.items():
-        expected[:, fitted.vocabulary[term]] = expected_sparse[:, j]
-    np.testing.assert_allclose(fitted.transform(held)[:, :N_TFIDF], expected, atol=1e-6, rtol=0)
+    for batch in (emails, held):  # held-out text too: unknown terms are ignored
+        full = reference.transform(batch).toarray()
+        block = full[:, fitted.selected]
+        norms = np.linalg.norm(block, axis=1, keepdims=True)
+        expected = np.divide(block, norms, out=np.zeros_like(block), where=norms > 0)
+        got = fitted.transform(batch)
+        np.testing.assert_allclose(got[:, : len(fitted.selected)], expected, atol=1e-6, rtol=0)
+        score = full @ fitted.coef.astype(np.float64) + fitted.intercept
+        np.testing.assert_allclose(got[:, -1], score, atol=1e-4, rtol=0)
 
 
 # --------------------------------------------------------------- no data leak
 def test_fit_sees_only_the_emails_passed(emails: list[ParsedEmail]) -> None:
     train = emails[:30]
     held_out = parse_email(make_raw(999, spam=False, extra="heldoutonlyterm zzyzx"))
-    pipe = FeaturePipeline.fit(train)
+    pipe = FeaturePipeline.fit(train, LABELS[:30])
     assert "heldoutonlyterm" not in pipe.vocabulary
     assert "zzyzx" not in pipe.vocabulary
     # Transforming held-out mail does not change the fitted state.
@@ -246,17 +317,21 @@ def test_fit_sees_only_the_emails_passed(emails: list[ParsedEmail]) -> None:
     pipe.transform([held_out])
     assert pipe.vocabulary == vocab
     assert pipe.idf.tobytes() == idf.tobytes()
-    # A term in the training set is in the vocabulary (the test above is not vacuous).
-    with_term = FeaturePipeline.fit([*train, held_out])
+    # A term in two training emails (min_df) is in the vocabulary (the test is not vacuous).
+    with_term = FeaturePipeline.fit([*train, held_out, held_out])
     assert "heldoutonlyterm" in with_term.vocabulary
 
 
 def test_tiny_corpus_pads_the_vocabulary() -> None:
-    pipe = FeaturePipeline.fit([parse_email(make_raw(1, spam=False))])
+    one = parse_email(make_raw(1, spam=False))
+    pipe = FeaturePipeline.fit([one, one])  # min_df=2: the terms of both copies
     assert 0 < len(pipe.vocabulary) < N_TFIDF
-    assert pipe.spec.n_inputs == 527
-    assert len(set(pipe.spec.names)) == 527
-    assert np.all(pipe.idf[len(pipe.vocabulary) :] == 0)
+    assert pipe.spec.n_inputs == 528
+    assert len(set(pipe.spec.names)) == 528
+    assert sum(n.startswith("tfidf:<unused-") for n in pipe.spec.names) == N_TFIDF - len(
+        pipe.vocabulary
+    )
+    assert FeaturePipeline.fit([one]).spec.n_inputs == 528  # an empty vocabulary too
 
 
 def test_fit_refuses_no_emails() -> None:
@@ -333,11 +408,11 @@ def test_transform_survives_hostile_input(fitted: FeaturePipeline) -> None:
     ]
     parsed = [parse_email(raw) for raw in raws]
     x = fitted.transform(parsed)
-    assert x.shape == (len(raws), 527)
+    assert x.shape == (len(raws), 528)
     assert np.isfinite(x).all()
     assert check_features(x, fitted.spec) == []
     # And an empty batch.
-    assert fitted.transform([]).shape == (0, 527)
+    assert fitted.transform([]).shape == (0, 528)
 
 
 # ------------------------------------------------- fast regexes == the originals

@@ -24,6 +24,7 @@ from spamops_features.reputation import (
     ReputationStore,
     redis_connection_string,
     reputation_rows,
+    reputation_times,
     write_feature_repo,
 )
 
@@ -139,8 +140,8 @@ def test_redis_connection_string() -> None:
     assert redis_connection_string("h:9").startswith("h:9,socket_timeout=")
 
 
-# ------------------------------------------------------------ point in time
-def test_historical_point_in_time(store: ReputationStore) -> None:
+# ------------------------------------------- training = serving semantics
+def test_held_out_rows_see_the_latest_train_state_at_their_date(store: ReputationStore) -> None:
     frame = frame_of(
         [
             ("m1", "a.com", T0, "spam", "train"),
@@ -148,54 +149,50 @@ def test_historical_point_in_time(store: ReputationStore) -> None:
             ("m3", "A.COM", T0 + 3 * DAY, "spam", "train"),
             ("m4", "b.org", T0 + 2 * DAY, "ham", "train"),
             ("m5", "a.com", T0 + 4 * DAY, "ham", "test"),
-            ("m6", "a.com", None, "spam", "train"),  # no Date: no event, defaults
-            ("m7", "", T0 + 5 * DAY, "spam", "train"),  # no domain: defaults
+            ("m5b", "a.com", T0 - DAY, "ham", "test"),  # dated before the first label
+            ("m6", "a.com", None, "spam", "test"),  # no Date: the state, 0 days
+            ("m7", "", T0 + 5 * DAY, "spam", "test"),  # no domain: defaults
             ("m8", "new.example", T0 + 5 * DAY, "ham", "validation"),
         ]
     )
     got = features_by_key(store, frame)
     defaults = REPUTATION_DEFAULTS.tolist()
-    assert got["m1"] == defaults  # its own label is not known yet
-    assert got["m2"] == pytest.approx([1, 2 / 3, 1.0])
-    assert got["m3"] == pytest.approx([2, 2 / 4, 3.0])
-    assert got["m4"] == defaults
+    # What Redis serves after the training: all three a.com train labels (2 spam).
     assert got["m5"] == pytest.approx([3, 3 / 5, 4.0])
-    assert got["m6"] == defaults
+    assert got["m5b"] == pytest.approx([3, 3 / 5, 0.0])
+    assert got["m6"] == pytest.approx([3, 3 / 5, 0.0])
     assert got["m7"] == defaults
     assert got["m8"] == defaults
 
 
-def test_no_leak_from_later_same_time_or_own_labels(store: ReputationStore) -> None:
-    base = [
-        ("early", "x.com", T0, "ham", "train"),
-        ("target", "x.com", T0 + 2 * DAY, "spam", "train"),
-        ("later", "x.com", T0 + 5 * DAY, "ham", "train"),
-        ("other", "y.com", T0 + 2 * DAY, "spam", "train"),
+def test_train_rows_never_see_their_own_label(store: ReputationStore) -> None:
+    rng = random.Random(3)
+    rows: list[Row] = [
+        (
+            f"m{i}",
+            rng.choice(["x.com", "y.org"]),
+            T0 + i * DAY,
+            rng.choice(["spam", "ham"]),
+            "train",
+        )
+        for i in range(60)
     ]
-    before = features_by_key(store, frame_of(base))
-    assert before["target"] == pytest.approx([1, 1 / 3, 2.0])  # sees "early" only
-    with_more = [
-        *base,
-        # a label dated after "target" but before "later"
-        ("after", "x.com", T0 + 3 * DAY, "spam", "train"),
-        # another email of the same domain at exactly the target's Date
-        ("same", "x.com", T0 + 2 * DAY, "spam", "train"),
-    ]
-    after = features_by_key(store, frame_of(with_more))
-    assert after["target"] == before["target"]
-    assert after["same"] == before["target"]  # symmetric: neither sees the other
-    assert after["early"] == before["early"] == REPUTATION_DEFAULTS.tolist()
-    assert after["other"] == before["other"]
-    assert after["later"] != before["later"]
-    # later sees early, target, same and after: 4 labels, 3 spam.
-    assert after["later"] == pytest.approx([4, 4 / 6, 5.0])
-    # The boundary: an email dated LABEL_DELAY earlier is labelled exactly at the
-    # target's Date, and that label is visible (<=)...
-    nudged = [*base, ("nudge", "x.com", T0 + 2 * DAY - LABEL_DELAY, "spam", "train")]
-    assert features_by_key(store, frame_of(nudged))["target"] == pytest.approx([2, 2 / 4, 2.0])
-    # ...and an email never sees its own label: flipping it changes nothing for it.
-    flipped = [(k, d, t, "ham" if k == "target" else lab, s) for k, d, t, lab, s in base]
-    assert features_by_key(store, frame_of(flipped))["target"] == before["target"]
+    before = store.historical(frame_of(rows))
+    for k in range(0, 60, 7):
+        key, domain, date, label, split = rows[k]
+        flipped = [*rows[:k], (key, domain, date, "ham" if label == "spam" else "spam", split)]
+        flipped += rows[k + 1 :]
+        after = store.historical(frame_of(flipped))
+        assert after[k].tolist() == before[k].tolist(), key
+        assert not np.array_equal(after, before)  # other folds do see it
+
+
+def test_train_rows_see_the_other_folds(store: ReputationStore) -> None:
+    rows: list[Row] = [(f"m{i}", "z.com", T0 + i * DAY, "spam", "train") for i in range(50)]
+    x = store.historical(frame_of(rows))
+    # About 4/5 of the 50 labels, all spam; none of its own fold.
+    assert np.all((x[:, 0] > 25) & (x[:, 0] < 50))
+    np.testing.assert_allclose(x[:, 1], (1 + x[:, 0]) / (2 + x[:, 0]), rtol=1e-6)
 
 
 def test_validation_and_test_labels_do_not_inform_features(store: ReputationStore) -> None:
@@ -222,32 +219,12 @@ def test_validation_and_test_labels_do_not_inform_features(store: ReputationStor
     assert np.array_equal(store.historical(train_only), x[~held.to_numpy()])
 
 
-def test_historical_matches_a_brute_force_reference(store: ReputationStore) -> None:
-    rng = random.Random(17)
-    domains = [f"d{k}.example" for k in range(12)]
-    rows: list[Row] = []
-    for i in range(300):
-        date = None if i % 50 == 0 else T0 + timedelta(minutes=rng.randrange(60 * 24 * 20))
-        if i % 7 == 0 and rows and rows[-1][2] is not None:
-            date = rows[-1][2]  # ties on purpose
-        split = rng.choice(["train", "train", "validation", "test"])
-        rows.append((f"m{i}", rng.choice(domains), date, rng.choice(["spam", "ham"]), split))
-    frame = frame_of(rows)
-    x = store.historical(frame)
-    # (domain, date, label) of the dated train rows: the only label events.
-    train = [(d, t, lab) for _, d, t, lab, s in rows if s == "train" and t is not None]
-    for (key, domain, date, _, _), got in zip(rows, x, strict=True):
-        if date is None:
-            assert got.tolist() == REPUTATION_DEFAULTS.tolist(), key
-            continue
-        known = [(t, lab) for d, t, lab in train if d == domain and t + LABEL_DELAY <= date]
-        if not known:
-            assert got.tolist() == REPUTATION_DEFAULTS.tolist(), key
-            continue
-        spam = sum(lab == "spam" for _, lab in known)
-        first = min(t for t, _ in known)
-        expected = [len(known), (1 + spam) / (2 + len(known)), (date - first) / DAY]
-        np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=key)
+def test_reputation_times_use_the_date_never_the_future() -> None:
+    now = datetime(2025, 1, 1, tzinfo=UTC)
+    at = reputation_times([T0, None, datetime(1980, 1, 1, tzinfo=UTC), now + DAY], now)
+    assert at[0] == T0.timestamp()
+    assert np.isnan(at[1]) and np.isnan(at[2])
+    assert at[3] == now.timestamp()
 
 
 def test_historical_keeps_row_order_and_index(store: ReputationStore) -> None:
@@ -260,7 +237,10 @@ def test_historical_keeps_row_order_and_index(store: ReputationStore) -> None:
     )
     reordered = frame.iloc[[2, 0, 1]]  # index 2, 0, 1: positional order must win
     x = store.historical(reordered)
-    assert x[:, 0].tolist() == [2, 0, 1]
+    assert x.tolist() == store.historical(frame)[[2, 0, 1]].tolist()
+    both = pd.concat([frame, frame.assign(split="test", message_key=["t1", "t2", "t3"])])
+    # Held-out rows: the latest state (3 labels), days counted at each row's own Date.
+    assert store.historical(both.iloc[[5, 3, 4, 0]])[:3, 2].tolist() == pytest.approx([2, 0, 1])
 
 
 def test_historical_on_no_events(store: ReputationStore) -> None:
@@ -294,6 +274,9 @@ def test_materialize_push_and_online_on_sqlite(local_store: ReputationStore) -> 
     assert result.values.tolist()[1] == REPUTATION_DEFAULTS.tolist()  # only validation labels
     assert result.values.tolist()[2] == REPUTATION_DEFAULTS.tolist()
     assert result.values.tolist()[3] == result.values.tolist()[0]
+    # With the emails' Dates (a replayed mail): days at min(now, Date), as in training.
+    dated = local_store.online(["a.com", "a.com", "a.com"], now, [T0 + 2 * DAY, None, now + DAY])
+    assert dated.values[:, 2].tolist() == pytest.approx([2.0, 0.0, 11.0])
 
     state = local_store.push_label("b.org", "spam", at=now, sent_at=now - DAY)
     assert state == ReputationState(messages_seen=1, spam_count=1, first_seen=now - DAY)

@@ -32,6 +32,7 @@ from spamops_trainer.handlers import (
     on_dataset_ready,
     on_drift_detected,
 )
+from spamops_trainer.training import PreparedData, prepare_features, serving_parity
 from spamops_trainer.tuning import SearchConfig
 
 RECORD = RecordContext(
@@ -108,6 +109,32 @@ def test_a_good_snapshot_loads(tmp_path: Path) -> None:
     assert len(frame) == 60
 
 
+# ------------------------------------------------------------- features
+def test_prepare_features_fits_on_train_and_serves_what_it_trained_on(tmp_path: Path) -> None:
+    event = snapshot(tmp_path, {"easy-ham-1": 40, "spam-1": 40})
+    frame = load_training_data(event)
+    prepared = prepare_features(frame, None)
+    spec = prepared.pipeline.spec
+    assert spec.n_inputs == 528 == prepared.x["test"].shape[1]
+    # Train rows carry the out-of-fold linear score, the others the full model's.
+    oof = prepared.pipeline.train_linear_scores
+    assert oof is not None
+    assert np.array_equal(prepared.x["train"][:, -1], np.clip(oof, *_bounds(prepared, -1)))
+    # Every row lies inside the training range the pipeline saves and serving clips to.
+    lower, upper = prepared.pipeline.lower, prepared.pipeline.upper
+    assert lower is not None and upper is not None
+    for x in prepared.x.values():
+        assert np.all((x >= lower) & (x <= upper))
+    # The saved pipeline recomputes the test rows' inputs exactly (train/serve parity).
+    directory = prepared.pipeline.save(tmp_path / "pipeline")
+    assert serving_parity(prepared, directory) == 0.0
+
+
+def _bounds(prepared: PreparedData, column: int) -> tuple[float, float]:
+    assert prepared.pipeline.lower is not None and prepared.pipeline.upper is not None
+    return float(prepared.pipeline.lower[column]), float(prepared.pipeline.upper[column])
+
+
 # -------------------------------------------------------------- dedupe
 @dataclass
 class FakeTracker:
@@ -135,7 +162,7 @@ def trained_for(event: DatasetReady) -> ModelTrained:
         ),
         best_params={"max_depth": 6},
         feature_spec_version="1.0.0+x",
-        n_features=527,
+        n_features=528,
         training_seconds=1.0,
     )
 

@@ -1,7 +1,7 @@
 """Sender-domain reputation through Feast: one implementation for training and serving.
 
 The three model inputs ``REPUTATION_NAMES`` (``pipeline.py``) describe what was
-known about an email's sender domain *when the email arrived*:
+known about an email's sender domain when it is classified (see below):
 
 * ``rep_messages_seen``: labelled messages of the domain known so far;
 * ``rep_spam_rate``: ``(1 + spam) / (2 + seen)``, a Laplace prior, so an unseen
@@ -17,22 +17,33 @@ became known: (sender_domain, event_timestamp = label time, rep_messages_seen,
 rep_spam_count, rep_spam_rate, rep_first_seen_ts). A point-in-time join at an
 email's Date therefore returns the state of its domain as of that Date.
 
-Training (``ReputationStore.historical``), the no-leak rules:
+Training and serving see the same thing (issue 15). Serving reads a domain's
+*latest* state from Redis: every label known so far, whatever the email's Date
+(the online store keeps one state per domain, so it cannot answer "as of a past
+Date"). Training therefore uses those semantics too, instead of a point-in-time
+join that serving could never reproduce for a replayed or back-filled mail:
 
-* only the TRAIN split of the snapshot produces label events: validation and
-  test labels never inform any feature, so the held-out metrics are honest;
-* the label of an email dated ``t`` becomes known at ``t + LABEL_DELAY``
-  (1 second): it is delivered first, labelled afterwards. An email therefore
-  never sees its own label, nor the label of another email of its domain dated
-  the same second (ties are treated alike whatever their order in the file);
-* emails without a Date, and train emails without a Date as label events,
-  cannot be placed in time: they get ``REPUTATION_DEFAULTS`` / produce no
-  event. Emails without a sender domain ("") get the defaults too: "" is not a
-  sender anyone has a reputation for.
+* only the TRAIN split of the snapshot produces label events (the event file
+  that ``materialize`` copies into Redis): validation and test labels never
+  inform any feature, so the held-out metrics are honest;
+* validation and test rows get their domain's latest state over all train
+  labels, exactly what the inference service reads after the training;
+* each TRAIN row gets the latest state over the train labels of the *other*
+  ``TRAIN_FOLDS`` folds (by a hash of its message key): no row sees its own
+  label (a leave-one-out count would let the model read the label back);
+* ``rep_days_since_first_seen`` is counted at ``reputation_times``: min(now,
+  the email's Date) on both paths, so a replayed mail of 2002 is not 8,000 days
+  old at serving; no plausible Date (missing, before ``MIN_PLAUSIBLE_DATE``)
+  counts 0 days;
+* train emails without a Date produce no event (they cannot be placed in
+  time); emails without a sender domain ("") get ``REPUTATION_DEFAULTS``.
 
-``historical`` rewrites the store's event file from the snapshot, so training
-features are a pure function of the snapshot (feedback reaches training
-through the next snapshot, DESIGN section 1, not through this file).
+``lookup`` still answers point-in-time questions through Feast's join for
+analysis. ``historical`` rewrites the store's event file from the snapshot, so
+training features are a pure function of the snapshot (feedback reaches
+training through the next snapshot, DESIGN section 1, not through this file).
+The feature pipeline additionally clips every input to its training range
+(``FeaturePipeline.with_bounds``).
 
 Serving (``ReputationStore.online``) reads Redis through
 ``get_online_features``; an unseen domain gets the defaults, and a Redis error
@@ -48,6 +59,7 @@ Each process keeps its own repo directory (registry and event file, written by
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -134,6 +146,10 @@ _EVENTS_SCHEMA: Final = pa.schema(
     ]
 )
 _LABELS: Final = frozenset({"spam", "ham"})
+# Dates before this are not believed (a zeroed or forged Date header): no time.
+MIN_PLAUSIBLE_DATE: Final = datetime(1990, 1, 1, tzinfo=UTC)
+# Training rows see the labels of the other folds only (see ``historical``).
+TRAIN_FOLDS: Final = 5
 
 
 # ------------------------------------------------------------------ feature repo
@@ -341,12 +357,64 @@ def train_label_events(frame: pd.DataFrame) -> pd.DataFrame:
 def _features(
     seen: np.ndarray, rate: np.ndarray, first_seen_ts: np.ndarray, at_ts: np.ndarray
 ) -> np.ndarray:
-    """``[n, 3]`` float32 in REPUTATION_NAMES order; NaN state (unseen) -> defaults."""
-    days = np.maximum((at_ts - first_seen_ts) / _SECONDS_PER_DAY, 0.0)
+    """``[n, 3]`` float32 in REPUTATION_NAMES order; NaN state (unseen) -> defaults.
+
+    An unknown time (``at_ts`` NaN: no plausible Date) counts 0 days.
+    """
+    with np.errstate(invalid="ignore"):
+        days = np.maximum((at_ts - first_seen_ts) / _SECONDS_PER_DAY, 0.0)
+    days = np.where(np.isnan(at_ts), 0.0, days)
     out = np.column_stack([seen, rate, days]).astype(np.float32)
     unseen = ~np.isfinite(out).all(axis=1)
     out[unseen] = REPUTATION_DEFAULTS
     return out
+
+
+def reputation_times(dates: Sequence[Any] | pd.Series, now: datetime) -> np.ndarray:
+    """The instant each email's reputation is read at: ``min(now, its Date)``, unix seconds.
+
+    A missing Date or one before ``MIN_PLAUSIBLE_DATE`` is no time at all (NaN:
+    the email's domain state still applies, with 0 days since first seen). The
+    trainer and the inference service both use this, so a replayed or
+    back-filled mail's ``rep_days_since_first_seen`` is counted at its Date, not
+    at the wall clock.
+    """
+    values = _utc(pd.Series(list(dates), dtype=object))
+    seconds = _unix_seconds(values.fillna(_EPOCH))
+    seconds = np.where(values.isna().to_numpy(), np.nan, seconds)
+    with np.errstate(invalid="ignore"):
+        seconds = np.where(seconds < MIN_PLAUSIBLE_DATE.timestamp(), np.nan, seconds)
+    return np.asarray(np.minimum(seconds, _aware(now).timestamp()), dtype=np.float64)
+
+
+def _latest_states(rows: pd.DataFrame) -> pd.DataFrame:
+    """Each domain's last state of ``reputation_rows`` output (what Redis holds), by domain."""
+    if rows.empty:
+        return pd.DataFrame(columns=["rep_messages_seen", "rep_spam_rate", "rep_first_seen_ts"])
+    last = rows.sort_values([ENTITY_NAME, TIMESTAMP_COLUMN]).groupby(ENTITY_NAME).tail(1)
+    return last.set_index(ENTITY_NAME)[["rep_messages_seen", "rep_spam_rate", "rep_first_seen_ts"]]
+
+
+def _state_features(states: pd.DataFrame, domains: pd.Series, at_ts: np.ndarray) -> np.ndarray:
+    """Features of these domains from ``_latest_states`` at these times (``_features``)."""
+    found = states.reindex(domains.where(domains != "", "\x00").to_numpy())
+    return _features(
+        found["rep_messages_seen"].to_numpy(dtype=np.float64),
+        found["rep_spam_rate"].to_numpy(dtype=np.float64),
+        found["rep_first_seen_ts"].to_numpy(dtype=np.float64),
+        at_ts,
+    )
+
+
+def _fold_of(keys: pd.Series, folds: int, seed: int) -> np.ndarray:
+    """A deterministic fold per message key (independent of row order)."""
+    return np.array(
+        [
+            int.from_bytes(hashlib.sha256(f"{seed}:{k}".encode()).digest()[:8], "big") % folds
+            for k in keys.astype(str)
+        ],
+        dtype=np.int64,
+    )
 
 
 # ---------------------------------------------------------------------- store
@@ -401,17 +469,48 @@ class ReputationStore:
         return _events_path(self.store)
 
     # -------------------------------------------------------------- offline
-    def historical(self, frame: pd.DataFrame) -> np.ndarray:
+    def historical(
+        self, frame: pd.DataFrame, *, now: datetime | None = None, folds: int = TRAIN_FOLDS
+    ) -> np.ndarray:
         """``[len(frame), 3]`` float32 reputation of each email of a snapshot frame.
 
-        ``frame`` has ``date``, ``sender_domain``, ``label`` and ``split``. The
-        event file is rewritten from the TRAIN rows (``reputation_rows``), then
-        Feast's point-in-time join reads, for each email, its domain's state as
-        of its Date. Rows keep the frame's order. See the module docstring for
-        what is visible when.
+        ``frame`` has ``message_key``, ``date``, ``sender_domain``, ``label`` and
+        ``split``. The event file is rewritten from the TRAIN rows
+        (``reputation_rows``; ``materialize`` copies its latest states to Redis).
+        Then each email gets what serving gets (see the module docstring):
+
+        * validation and test rows: their domain's latest state over all TRAIN
+          labels, at ``reputation_times`` (their Date);
+        * TRAIN rows: the same, over the train labels of the *other* folds
+          (``folds``, by a hash of the message key), so no row sees its own label.
+
+        Rows keep the frame's order.
         """
-        self.write_events(reputation_rows(train_label_events(frame)))
-        return self.lookup(frame["sender_domain"], frame["date"])
+        now = now or datetime.now(UTC)
+        events = train_label_events(frame)
+        rows = reputation_rows(events)
+        self.write_events(rows)
+        n = len(frame)
+        out = np.broadcast_to(REPUTATION_DEFAULTS, (n, len(REPUTATION_NAMES))).copy()
+        if n == 0:
+            return out
+        domains = _normalize_domains(frame["sender_domain"]).reset_index(drop=True)
+        at = reputation_times(frame["date"], now)
+        is_train = (frame["split"] == "train").to_numpy()
+        fold = np.full(n, -1, dtype=np.int64)
+        keys = frame["message_key"].reset_index(drop=True)
+        fold[is_train] = _fold_of(keys[is_train], folds, 0)
+        held = ~is_train
+        if held.any():
+            out[held] = _state_features(_latest_states(rows), domains[held], at[held])
+        event_fold = fold[is_train]  # train_label_events keeps the train rows in order
+        for k in range(folds):
+            mask = fold == k
+            if not mask.any():
+                continue
+            others = reputation_rows(events[event_fold != k])
+            out[mask] = _state_features(_latest_states(others), domains[mask], at[mask])
+        return out
 
     def write_events(self, rows: pd.DataFrame) -> None:
         """Replace the event file with these ``STATE_COLUMNS`` rows (``reputation_rows``)."""
@@ -485,8 +584,16 @@ class ReputationStore:
         key = _normalize_domains(pd.Series([domain])).iloc[0]
         return self._read_states([key]).get(key, ReputationState()) if key else ReputationState()
 
-    def online(self, domains: Sequence[str], now: datetime) -> OnlineReputation:
+    def online(
+        self,
+        domains: Sequence[str],
+        now: datetime,
+        dates: Sequence[datetime | None] | None = None,
+    ) -> OnlineReputation:
         """``[n, 3]`` float32 reputation of these sender domains at ``now`` (serving).
+
+        ``dates`` (the emails' Dates): the days since first seen are counted at
+        ``reputation_times(dates, now)``, as in training; without them at ``now``.
 
         Unseen or empty domains get ``REPUTATION_DEFAULTS``. Any online store
         error gives the defaults for all rows, a logged warning and
@@ -510,7 +617,12 @@ class ReputationStore:
                 "reputation lookup failed, using defaults for %.1fs: %r", self.cooldown, exc
             )
             return OnlineReputation(out, degraded=True, error=f"{type(exc).__name__}: {exc}")
-        now_ts = _aware(now).timestamp()
+        if dates is None:
+            at = np.full(n, _aware(now).timestamp())
+        else:
+            if len(dates) != n:
+                raise ValueError(f"{n} domains but {len(dates)} dates")
+            at = reputation_times(dates, now)
         for i, key in enumerate(keys):
             state = states.get(key)
             if state is None:
@@ -520,7 +632,7 @@ class ReputationStore:
                 np.array([state.messages_seen]),
                 np.array([state.spam_rate]),
                 np.array([first]),
-                np.array([now_ts]),
+                at[i : i + 1],
             )[0]
         return OnlineReputation(out, degraded=False)
 

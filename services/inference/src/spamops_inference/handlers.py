@@ -63,7 +63,8 @@ class Scorer(Protocol):
     async def score(self, model: str, version: int, x: np.ndarray) -> np.ndarray: ...
 
 
-ReputationLookup = Callable[[Sequence[str], datetime], OnlineReputation]
+# (sender domains, now, the emails' Dates): days since first seen at min(now, Date).
+ReputationLookup = Callable[[Sequence[str], datetime, Sequence[datetime | None]], OnlineReputation]
 ReputationPush = Callable[[str, str, datetime], object]
 
 
@@ -218,7 +219,11 @@ async def _score(deps: InferenceDeps, model: ServingModel, x: np.ndarray) -> np.
 def _reputation(deps: InferenceDeps, emails: Sequence[ParsedEmail]) -> np.ndarray | None:
     if deps.reputation is None:
         return None
-    result = deps.reputation([e.sender_domain for e in emails], datetime.now(UTC))
+    # Each email is looked up at min(now, its plausible Date), as the trainer does
+    # (reputation.reputation_times): a replayed mail is not years old at serving.
+    result = deps.reputation(
+        [e.sender_domain for e in emails], datetime.now(UTC), [e.date for e in emails]
+    )
     if result.degraded:
         REPUTATION_DEGRADED.inc()
     return result.values

@@ -28,7 +28,11 @@ class TrainerSettings(ServiceSettings):
         description="Fixed spam-probability threshold; unset = chosen on validation.",
     )
     max_val_fpr: float = Field(
-        default=0.005, description="False-positive-rate ceiling when choosing the threshold."
+        default=0.005,
+        description=(
+            "Threshold policy: the threshold with the best validation F1 among those whose "
+            "false-positive rate on VALIDATION is at most this ceiling (never chosen on test)."
+        ),
     )
     ray_address: str | None = Field(
         default=None,

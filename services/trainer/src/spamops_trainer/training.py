@@ -10,7 +10,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 from spamops_features.mail import MailParseError, ParsedEmail, parse_email
-from spamops_features.pipeline import FeaturePipeline
+from spamops_features.pipeline import FeaturePipeline, TfidfParams
 from spamops_schemas import ClassificationMetrics, DatasetReady, ModelTrained
 
 from spamops_trainer.adapters import MlflowTracker
@@ -30,6 +30,8 @@ from spamops_trainer.tuning import SearchConfig, SearchResult, booster_params, s
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+# Saved pipeline vs training matrix on the test rows (the same code: ~0).
+FEATURE_PARITY_TOLERANCE = 1e-6
 ReputationLookup = Callable[[pd.DataFrame], np.ndarray]
 
 
@@ -42,6 +44,9 @@ class PreparedData:
     y: dict[str, np.ndarray]
     groups: dict[str, np.ndarray]
     dropped: int
+    emails: dict[str, list[ParsedEmail]] = field(default_factory=dict)
+    reputation: dict[str, np.ndarray | None] = field(default_factory=dict)
+    out_of_range: dict[str, int] = field(default_factory=dict)  # held-out values clipped
 
 
 @dataclass
@@ -57,8 +62,21 @@ class TrainingOutcome:
     seconds: float
 
 
-def prepare_features(df: pd.DataFrame, reputation: ReputationLookup | None) -> PreparedData:
-    """Parse every message, fit the pipeline on the training split, build every split's matrix."""
+def prepare_features(
+    df: pd.DataFrame,
+    reputation: ReputationLookup | None,
+    params: TfidfParams | None = None,
+    *,
+    seed: int = 0,
+) -> PreparedData:
+    """Parse every message, fit the pipeline on the training split, build every split's matrix.
+
+    The pipeline (term selection, linear text model) sees the TRAIN rows and
+    labels only. Train rows get the out-of-fold linear score, every other row
+    the score of the model fitted on all train rows (what serving computes).
+    Then the pipeline learns each input's training range and every row is
+    clipped to it, as serving will be.
+    """
     parsed: list[ParsedEmail | None] = []
     for raw in df["raw"]:
         try:
@@ -70,11 +88,19 @@ def prepare_features(df: pd.DataFrame, reputation: ReputationLookup | None) -> P
     frame = df.loc[keep].reset_index(drop=True)
     emails = [p for p in parsed if p is not None]
     split = frame["split"].to_numpy()
-    train_emails = [e for e, s in zip(emails, split, strict=True) if s == "train"]
-    pipeline = FeaturePipeline.fit(train_emails)
-    rep = reputation(frame) if reputation is not None else None
-    matrix = pipeline.transform(emails, rep)
     labels = (frame["label"].to_numpy() == "spam").astype(np.int64)
+    is_train = split == "train"
+    train_emails = [e for e, s in zip(emails, split, strict=True) if s == "train"]
+    pipeline = FeaturePipeline.fit(train_emails, labels[is_train], params, seed=seed)
+    rep = reputation(frame) if reputation is not None else None
+    linear = np.full(len(emails), np.nan, dtype=np.float32)
+    assert pipeline.train_linear_scores is not None
+    linear[is_train] = pipeline.train_linear_scores
+    matrix = pipeline.transform(emails, rep, linear_scores=linear)
+    pipeline = pipeline.with_bounds(matrix[is_train])
+    out_of_range = pipeline.out_of_range(matrix[~is_train])
+    assert pipeline.lower is not None and pipeline.upper is not None
+    np.clip(matrix, pipeline.lower, pipeline.upper, out=matrix)
     groups = frame["group"].astype(str).to_numpy()
     return PreparedData(
         pipeline=pipeline,
@@ -82,7 +108,23 @@ def prepare_features(df: pd.DataFrame, reputation: ReputationLookup | None) -> P
         y={s: labels[split == s] for s in SPLITS},
         groups={s: groups[split == s] for s in SPLITS},
         dropped=dropped,
+        emails={s: [e for e, t in zip(emails, split, strict=True) if t == s] for s in SPLITS},
+        reputation={s: None if rep is None else rep[split == s] for s in SPLITS},
+        out_of_range=out_of_range,
     )
+
+
+def serving_parity(prepared: PreparedData, pipeline_dir: Path) -> float:
+    """Max |inputs the saved pipeline computes at serving - the training matrix| on the test rows.
+
+    Loads the pipeline as the inference service does (from its saved data) and
+    recomputes the test rows from their parsed emails and reputation.
+    """
+    served = FeaturePipeline.load(pipeline_dir).transform(
+        prepared.emails["test"], prepared.reputation["test"]
+    )
+    expected = prepared.x["test"]
+    return float(np.max(np.abs(served - expected))) if len(expected) else 0.0
 
 
 def fit_model(x: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int) -> xgb.XGBClassifier:
@@ -119,14 +161,17 @@ def train(
     threshold: float | None = None,
     max_val_fpr: float = 0.005,
     on_trial_done: Callable[[int, int], None] | None = None,
+    features: TfidfParams | None = None,
 ) -> TrainingOutcome:
     """Features, hyper-parameter search, threshold on validation, final fit, test evaluation.
 
-    ``threshold`` fixes the decision threshold; None chooses it on validation
-    (best F1 with a false-positive rate of at most ``max_val_fpr``).
+    ``threshold`` fixes the decision threshold; None chooses it on validation,
+    never on test: the best F1 among the thresholds whose false-positive rate on
+    validation is at most ``max_val_fpr`` (a trainer setting), scored by a model
+    fitted on train only (``validation_threshold``).
     """
     started = time.perf_counter()
-    prepared = prepare_features(df, reputation)
+    prepared = prepare_features(df, reputation, features, seed=config.seed)
     result = search(
         prepared.x["train"],
         prepared.y["train"],
@@ -184,6 +229,12 @@ def train_and_log(
         with tempfile.TemporaryDirectory() as tmp:
             pipeline_dir = Path(tmp) / "pipeline"
             prepared.pipeline.save(pipeline_dir)
+            feature_parity = serving_parity(prepared, pipeline_dir)
+            if feature_parity > FEATURE_PARITY_TOLERANCE:
+                raise RuntimeError(
+                    f"the saved feature pipeline computes other inputs than training "
+                    f"({feature_parity:.2e} > {FEATURE_PARITY_TOLERANCE})"
+                )
             model_uri = tracker.log_results(
                 model=outcome.model,
                 pipeline_dir=pipeline_dir,
@@ -195,6 +246,10 @@ def train_and_log(
                     "training_seconds": outcome.seconds,
                     "trials": float(len(outcome.search.trials)),
                     "rows_dropped": float(prepared.dropped),
+                    "feature_parity_max_abs": feature_parity,
+                    "max_val_fpr": max_val_fpr,
+                    "n_inputs": float(spec.n_inputs),
+                    "heldout_values_clipped": float(sum(prepared.out_of_range.values())),
                 },
                 spec_version=spec.version,
                 parity_x=prepared.x["test"],
@@ -205,6 +260,12 @@ def train_and_log(
                 },
                 extra={
                     "threshold": outcome.threshold,
+                    "threshold_policy": (
+                        "fixed"
+                        if threshold is not None
+                        else f"best validation F1 with validation FPR <= {max_val_fpr}"
+                    ),
+                    "out_of_range_heldout": prepared.out_of_range,
                     "confusion": outcome.test.confusion,
                     "per_group": outcome.test.per_group,
                     "feature_names": list(spec.names),

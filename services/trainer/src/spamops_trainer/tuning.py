@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xgboost as xgb
-from sklearn.metrics import f1_score
+from sklearn.metrics import f1_score, log_loss
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class TrialResult:
     val_f1: float
     rounds: int
     stopped_early: bool
+    val_logloss: float = float("inf")
 
 
 @dataclass
@@ -97,8 +99,15 @@ def _trial(config: dict[str, Any], data: dict[str, np.ndarray]) -> None:
         rounds = min(step, total - done)
         booster = xgb.train(params, dtrain, num_boost_round=rounds, xgb_model=booster)
         done += rounds
-        predicted = booster.predict(dval) >= 0.5
-        tune.report({"val_f1": float(f1_score(y_val, predicted)), "rounds": done})
+        probabilities = booster.predict(dval)
+        tune.report(
+            {
+                "val_f1": float(f1_score(y_val, probabilities >= 0.5)),
+                # Breaks F1 ties (a small validation split has few distinct F1 values).
+                "val_logloss": float(log_loss(y_val, probabilities, labels=[0, 1])),
+                "rounds": done,
+            }
+        )
 
 
 def _progress_callback(on_trial_done: Callable[[int, int], None] | None, total: int) -> Any:
@@ -125,6 +134,36 @@ def _progress_callback(on_trial_done: Callable[[int, int], None] | None, total: 
     return _Progress()
 
 
+def start_ray(config: SearchConfig, attempts: int = 3) -> None:
+    """Connect to ``RAY_ADDRESS`` or start Ray in-process, if not done yet.
+
+    A local Ray node must register within a fixed 30 s; on a loaded machine it
+    sometimes does not ("timed out during startup"), so the start is retried.
+    """
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        if ray.is_initialized():
+            return
+        try:
+            if config.ray_address:
+                ray.init(address=config.ray_address, log_to_driver=False)
+            else:
+                ray.init(
+                    num_cpus=config.ray_num_cpus,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
+            return
+        except Exception as exc:
+            if attempt == attempts or "timed out during startup" not in str(exc):
+                raise
+            logger.warning("Ray did not start (attempt %d/%d): %s", attempt, attempts, exc)
+            ray.shutdown()
+            time.sleep(2.0 * attempt)
+
+
 def search(
     x_train: np.ndarray,
     y_train: np.ndarray,
@@ -138,23 +177,13 @@ def search(
     ``on_trial_done(done, total)`` is called in this process as trials finish
     (completed, stopped early by ASHA, or failed): the trainer shows progress with it.
     """
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     started = time.perf_counter()
-    if not ray.is_initialized():
-        if config.ray_address:
-            ray.init(address=config.ray_address, log_to_driver=False)
-        else:
-            ray.init(
-                num_cpus=config.ray_num_cpus,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-            )
+    start_ray(config)
     lo = SEARCH_SPACE_BOUNDS
     space = {
         "learning_rate": tune.loguniform(*lo["learning_rate"]),
@@ -211,22 +240,30 @@ def search(
         # The best F1 the trial reached, at the rounds it was reached with.
         history = result.metrics_dataframe
         if history is not None and len(history):
-            best_row = history.iloc[int(history["val_f1"].to_numpy().argmax())]
+            # The best F1 the trial reached; among equal F1s the lowest log loss.
+            losses = history.get("val_logloss", pd.Series(np.inf, index=history.index))
+            order = np.lexsort((losses.to_numpy(dtype=float), -history["val_f1"].to_numpy()))
+            best_row = history.iloc[int(order[0])]
             f1, rounds_at_best = float(best_row["val_f1"]), int(best_row["rounds"])
+            loss = float(losses.iloc[int(order[0])])
         else:
             f1, rounds_at_best = float(result.metrics["val_f1"]), rounds
+            loss = float(result.metrics.get("val_logloss", np.inf))
         params["n_estimators"] = rounds_at_best
         trials.append(
             TrialResult(
                 params=params,
                 val_f1=f1,
+                val_logloss=loss,
                 rounds=rounds,
                 stopped_early=rounds < int(config_used.get("n_estimators", rounds)),
             )
         )
     if not trials:
         raise RuntimeError("the search produced no trial result")
-    best = max(trials, key=lambda t: (t.val_f1, -t.params["n_estimators"]))
+    # Ties in F1 go to the lower validation log loss (not to the fewest rounds, which
+    # picked a 25-round model of near-0.5 probabilities on one split of issue 15).
+    best = max(trials, key=lambda t: (t.val_f1, -t.val_logloss, -t.params["n_estimators"]))
     seconds = time.perf_counter() - started
     logger.info(
         "search finished",
