@@ -206,3 +206,78 @@ def test_no_alarm_on_the_same_period_one_alarm_on_the_shift_quality_and_bad_inpu
     )
     assert metric(settings, "spamops_service_ready", service="monitor") == 1
     assert time.monotonic() - started < 150
+
+
+def test_killed_mid_window_the_windows_cover_every_verdict_exactly_once(
+    monitor_stack: PlatformSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 with a window half full: the restart replays it, counts nothing twice.
+
+    Verdicts of a version of their own (2): one full window, half of the next, kill,
+    restart. The second window then closes on exactly the 600th verdict: one earlier
+    would mean a replayed verdict counted twice, none would mean one lost.
+    """
+    from spamops_cli.stack.paths import StackPaths
+    from spamops_cli.stack.process import kill_group, read_pid, wait_group_gone
+
+    settings = monitor_stack
+    client = mlflow.MlflowClient(settings.mlflow_uri)
+    v1 = client.get_model_version(MODEL, "1")
+    client.create_model_version(
+        MODEL, v1.source, run_id=v1.run_id, tags={"spamops.run_id": v1.run_id}
+    )
+    pipeline, held_out = register_reference_pipeline(settings)
+    items = verdicts(pipeline, (held_out * 2)[: 2 * WINDOW], "kill", seed=4)
+    items = [(k, v.replace(b'"model_version":1', b'"model_version":2')) for k, v in items]
+    windows = "spamops_monitor_windows_total"
+
+    asyncio.run(send(settings, "emails.verdicts", items[: WINDOW + WINDOW // 2]))
+    wait_for(lambda: metric(settings, windows, model_version="2") >= 1, "the first window")
+    wait_for(
+        lambda: (
+            metric(settings, "spamops_monitor_verdicts_total", model_version="2")
+            >= WINDOW + WINDOW // 2
+        ),
+        "half of the second window read",
+    )
+    time.sleep(2)  # its batch committed (up to the open window's first verdicts)
+    pid = read_pid(StackPaths.from_settings(settings).pid_file("monitor"))
+    assert pid is not None
+    kill_group(pid)
+    assert wait_group_gone(pid, 10)
+    for key, value in MONITOR_ENV.items():
+        monkeypatch.setenv(key, value)
+    local_stack.up(settings, components=["monitor"])
+
+    rest = items[WINDOW + WINDOW // 2 :]
+    asyncio.run(send(settings, "emails.verdicts", rest[:-1]))
+    wait_for(
+        lambda: (
+            metric(settings, "spamops_monitor_verdicts_total", model_version="2") >= len(rest) - 1
+        ),
+        "the rest but one read",
+    )
+    time.sleep(3)
+    assert metric(settings, windows, model_version="2") == 0, "a verdict was counted twice"
+    asyncio.run(send(settings, "emails.verdicts", rest[-1:]))
+    wait_for(
+        lambda: metric(settings, windows, model_version="2") >= 1,
+        "the second window, closed by the 600th verdict (none lost)",
+    )
+    assert metric(settings, windows, model_version="2") == 1
+
+
+def register_reference_pipeline(
+    settings: PlatformSettings,
+) -> tuple[FeaturePipeline, list[tuple[str, bytes]]]:
+    """Version 1's feature pipeline (from MLflow) and held-out -1 messages, for more verdicts."""
+    client = mlflow.MlflowClient(settings.mlflow_uri)
+    run_id = client.get_model_version(MODEL, "1").run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="feature_pipeline", dst_path=tmp,
+            tracking_uri=settings.mlflow_uri,
+        )  # fmt: skip
+        pipeline = FeaturePipeline.load(Path(local))
+    messages = list(iter_corpus(settings.corpus_cache_dir, {"easy-ham-1", "spam-1"}))
+    return pipeline, [(m.label, m.raw) for m in messages[:WINDOW]]
