@@ -224,7 +224,7 @@ def test_killed_mid_window_the_windows_cover_every_verdict_exactly_once(
     client = mlflow.MlflowClient(settings.mlflow_uri)
     v1 = client.get_model_version(MODEL, "1")
     client.create_model_version(
-        MODEL, v1.source, run_id=v1.run_id, tags={"spamops.run_id": v1.run_id}
+        MODEL, str(v1.source), run_id=v1.run_id, tags={"spamops.run_id": v1.run_id}
     )
     pipeline, held_out = register_reference_pipeline(settings)
     items = verdicts(pipeline, (held_out * 2)[: 2 * WINDOW], "kill", seed=4)
