@@ -654,6 +654,14 @@ async def _commit(
     progress.committed.update(offsets)
 
 
+def _seek_back(consumer: AIOKafkaConsumer, stops: Mapping[TopicPartition, int]) -> None:
+    """Point each still-assigned partition at its first unsettled record, to read it again."""
+    assigned = consumer.assignment()
+    for tp, offset in stops.items():
+        if tp in assigned:
+            consumer.seek(tp, offset)
+
+
 def subscribe_records(
     broker: KafkaBroker,
     *,
@@ -738,10 +746,7 @@ def subscribe_records(
             )
             await _commit(consumer, message, progress, commit_floor, service)
             if real:
-                assigned = consumer.assignment()
-                for tp, offset in stops.items():
-                    if tp in assigned:
-                        consumer.seek(tp, offset)
+                _seek_back(consumer, stops)
             await asyncio.sleep(delay)
             return
         stops = advance()
@@ -751,9 +756,7 @@ def subscribe_records(
                 extra={"service": service, "topic": topic},
             )
             if real:
-                for tp, offset in stops.items():
-                    if tp in consumer.assignment():
-                        consumer.seek(tp, offset)
+                _seek_back(consumer, stops)
         else:
             progress.failures = 0
         await _commit(consumer, message, progress, commit_floor, service)
