@@ -6,7 +6,8 @@ groups then stream in while people label most of them; the monitor sees the
 shift and publishes DriftDetected; the trainer builds parent + labelled
 feedback into a new snapshot and trains; the new version is registered and
 approved; it classifies a held-back part of the `-2` messages (never labelled,
-never trained on) better than the first model.
+never trained on) better than the first model: at least a fifth of the
+first model's errors there are gone.
 """
 
 from __future__ import annotations
@@ -178,4 +179,9 @@ def test_a_real_shift_is_detected_and_retraining_fixes_it(platform: PlatformSett
         f"drift after {detected_s:.0f}s ({drift.kind}, share {drift.drift_share:.2f}), "
         f"new model in production after {promoted_s:.0f}s"
     )
-    assert f1_after > f1_before + 0.02
+    # The first model's errors on the shifted mail are what retraining is for:
+    # it must remove at least a fifth of them. (A fixed absolute gain depends
+    # on how good the first model already is: with features 2.0 one CI run saw
+    # 0.964 -> 0.978, 40 % of the errors gone, and failed a +0.02 bar.)
+    assert f1_after > f1_before
+    assert 1 - f1_after <= 0.8 * (1 - f1_before), (f1_before, f1_after)
