@@ -4,7 +4,7 @@ Starts a Triton of its own (the local stack's component, free ports, a
 temporary state directory), deploys an ONNX model exactly as the registry
 bridge does (Python backend running onnxruntime, dynamic batching), and times
 requests from tritonclient over gRPC with the model version pinned. The model
-is an XGBoost of realistic size (527 inputs; trees and depth as the tuned
+is an XGBoost of realistic size (the feature pipeline's inputs: 528; trees and depth as the tuned
 model of benchmarks/results/train_quality.json, or 300 x depth 6).
 
     .venv/bin/python -m benchmarks.triton_latency [--requests 2000]
@@ -25,6 +25,7 @@ import numpy as np
 import tritonclient.grpc as triton_grpc
 import xgboost as xgb
 from spamops_cli import stack as local_stack
+from spamops_features.pipeline import EXTRA_NAMES, N_EMAIL_FEATURES, REPUTATION_NAMES
 from spamops_registry_bridge.adapters import TritonDeployer
 from spamops_registry_bridge.onnx_export import export_onnx, onnx_spam_probability
 from spamops_runtime.settings import PlatformSettings
@@ -32,7 +33,8 @@ from spamops_runtime.triton_repo import model_repository
 
 from benchmarks._common import RESULTS, free_ports, write_results
 
-N_INPUTS = 527
+# What a served model takes: TF-IDF, handcrafted, reputation and extra inputs.
+N_INPUTS = N_EMAIL_FEATURES + len(REPUTATION_NAMES) + len(EXTRA_NAMES)
 
 
 def model_shape() -> tuple[int, int]:

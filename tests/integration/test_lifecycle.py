@@ -20,7 +20,9 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
+from sklearn.metrics import f1_score, recall_score
 from spamops_cli import stack as local_stack
 from spamops_registry_bridge.onnx_export import onnx_spam_probability
 from spamops_runtime.kafka import H_ERROR_REASON
@@ -159,6 +161,42 @@ def test_a_trained_model_is_registered_exported_and_served_as_staging(
     x = parity_rows(bridge_stack, trained.run_id, tmp_path)
     served = triton_probabilities(bridge_stack, f"{MODEL}-staging", 1, x)
     np.testing.assert_allclose(served, onnx_spam_probability(onnx_bytes, x), atol=1e-5)
+
+
+def test_the_held_out_split_through_the_stream_scores_as_offline(
+    bridge_stack: PlatformSettings, registered_v1: tuple[ModelTrained, ModelRegistered, float]
+) -> None:
+    """Issue 15: the test split, published raw to emails.inbox, scores what training reported.
+
+    Serving and training compute the same inputs for the same mail, so the
+    verdicts of version 1 on its own test split give its offline figures.
+    """
+    trained, _, _ = registered_v1
+    path = bridge_stack.state_dir / "data" / "datasets" / trained.dataset_id / "snapshot.parquet"
+    table = pq.read_table(path, columns=["source_id", "raw", "label", "split"]).to_pylist()
+    run = uuid.uuid4().hex[:6]
+    held = {f"q{run}-{r['source_id']}": r for r in table if r["split"] == "test"}
+    assert len(held) >= 100
+    asyncio.run(
+        send(
+            bridge_stack,
+            "emails.inbox",
+            [(k, bytes(r["raw"])) for k, r in held.items()],
+            headers={"x-environment": "staging"},
+        )
+    )
+    got = verdicts_for(bridge_stack, set(held))
+    assert set(got) == set(held)
+    assert {(v[0].environment, v[0].model_version) for v in got.values()} == {("staging", 1)}
+    keys = sorted(held)
+    truth = [held[k]["label"] == "spam" for k in keys]
+    said = [got[k][0].verdict == "spam" for k in keys]
+    stream_f1 = float(f1_score(truth, said))
+    print(
+        f"\nheld-out {len(keys)} mails: stream F1 {stream_f1:.4f}, offline {trained.metrics.f1:.4f}"
+    )
+    assert abs(stream_f1 - trained.metrics.f1) <= 0.005
+    assert abs(float(recall_score(truth, said)) - trained.metrics.recall) <= 0.005
 
 
 def test_replaying_model_trained_registers_nothing_new(
