@@ -32,10 +32,9 @@ from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from spamops_cli.stack import COMPONENT_NAMES, SERVICE_NAMES, StackPaths
 from spamops_cli.stack.process import group_rss_bytes, read_pid
-from spamops_runtime.replay import topic_partitions
+from spamops_runtime.replay import consumer_lags, topic_partitions
 from spamops_runtime.settings import PlatformSettings
 
 from benchmarks._common import RESULTS, write_results
@@ -68,19 +67,9 @@ def rss_mib(settings: PlatformSettings) -> dict[str, float]:
     return out
 
 
-async def lags(
-    settings: PlatformSettings, admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer
-) -> dict[str, int]:
+async def lags(settings: PlatformSettings) -> dict[str, int | None]:
     """Committed lag of each watched consumer group."""
-    out = {}
-    for group, topic in LAG_GROUPS.items():
-        parts = [TopicPartition(topic, p) for p in await topic_partitions(settings, topic)]
-        ends = await consumer.end_offsets(parts)
-        committed = await admin.list_consumer_group_offsets(group)
-        out[group] = sum(
-            ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in parts
-        )
-    return out
+    return await consumer_lags(settings, {g: (t,) for g, t in LAG_GROUPS.items()})
 
 
 @dataclass
@@ -128,14 +117,10 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     follower = asyncio.create_task(follow_verdicts(settings, prefix, seen, stop))
     await asyncio.sleep(2)  # the follower is at the end before the first email goes out
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    lag_consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5,
         max_request_size=16 << 20,
     )  # fmt: skip
-    await admin.start()
-    await lag_consumer.start()
     await producer.start()
     samples: list[dict[str, Any]] = []
     sent_ms: dict[str, int] = {}
@@ -153,7 +138,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                         "sent": i,
                         "verdicts": len(seen.first_ms),
                         "rss_mib": rss_mib(settings),
-                        "lag": await lags(settings, admin, lag_consumer),
+                        "lag": await lags(settings),
                     }
                 )
                 print(json.dumps(samples[-1]), flush=True)
@@ -180,15 +165,13 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                 "sent": total,
                 "verdicts": len(seen.first_ms),
                 "rss_mib": rss_mib(settings),
-                "lag": await lags(settings, admin, lag_consumer),
+                "lag": await lags(settings),
             }
         )
     finally:
         stop.set()
         await follower
         await producer.stop()
-        await lag_consumer.stop()
-        await admin.close()
 
     return summarise(args, samples, sent_ms, seen, publish_s)
 

@@ -19,11 +19,10 @@ from typing import Any
 
 import mlflow
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.structs import TopicPartition
 from spamops_cli import stack as local_stack
 from spamops_cli.stack.paths import StackPaths
 from spamops_cli.stack.process import kill_group, read_pid, wait_group_gone
+from spamops_runtime.replay import consumer_lags
 from spamops_runtime.settings import PlatformSettings
 from spamops_schemas import DatasetReady, ModelRegistered, ModelTrained
 
@@ -126,25 +125,7 @@ def model_trained(settings: PlatformSettings) -> ModelTrained:
 
 def committed_lag(settings: PlatformSettings, group: str, topic: str) -> int:
     """Records of ``topic`` not yet committed by consumer group ``group``."""
-
-    async def lag() -> int:
-        from aiokafka import AIOKafkaConsumer
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-        await admin.start()
-        await consumer.start()
-        try:
-            committed = await admin.list_consumer_group_offsets(group)
-            parts = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in parts]
-            ends = await consumer.end_offsets(tps)
-            return sum(ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps)
-        finally:
-            await consumer.stop()
-            await admin.close()
-
-    return asyncio.run(lag())
+    return asyncio.run(consumer_lags(settings, {group: (topic,)}))[group] or 0
 
 
 # ------------------------------------------------------------ kill -9 services

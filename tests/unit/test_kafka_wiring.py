@@ -179,3 +179,50 @@ async def test_a_handled_record_continues_its_trace_into_what_the_handler_publis
     outgoing = published.headers[H_TRACEPARENT]
     assert outgoing.split("-")[1] == trace_id  # same trace across the hop
     assert outgoing.split("-")[2] == f"{span.context.span_id:016x}"  # child of the consumer span
+
+
+async def test_without_record_spans_no_span_is_made_and_logs_keep_the_trace_id() -> None:
+    """record_spans=False (the monitor's verdicts): no span, the traceparent's id in logs."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from spamops_runtime.kafka import H_TRACEPARENT
+    from spamops_runtime.logs import current_log_context
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    broker = KafkaBroker(PlatformSettings().kafka_bootstrap)
+    seen: list[dict[str, Any]] = []
+
+    async def handler(event: PromotionApproved, record: RecordContext) -> None:
+        seen.append(current_log_context())
+
+    subscribe_events(
+        broker,
+        topic=TOPIC,
+        event_cls=PromotionApproved,
+        handler=handler,
+        settings=ServiceSettings(max_attempts=1),
+        service="quiet",
+        record_spans=False,
+    )
+    previous = trace._TRACER_PROVIDER  # type: ignore[attr-defined]  # None unless one is set
+    trace._TRACER_PROVIDER = provider  # type: ignore[attr-defined]  # test-local provider
+    event = PromotionApproved(model_name="m", version=1, approved_by="a")
+    try:
+        async with TestKafkaBroker(broker) as br:
+            await br.publish(
+                event.to_bytes(),
+                topic=TOPIC,
+                headers={H_TRACEPARENT: f"00-{trace_id}-00f067aa0ba902b7-01"},
+            )
+            await br.publish(event.to_bytes(), topic=TOPIC)  # no traceparent at all
+            await _settle()
+    finally:
+        trace._TRACER_PROVIDER = previous  # type: ignore[attr-defined]
+    assert [s.name for s in exporter.get_finished_spans() if s.name.startswith("quiet")] == []
+    assert [c.get("trace_id") for c in seen] == [trace_id, None]
+    assert all(c["correlation_id"] == str(event.correlation_id) for c in seen)

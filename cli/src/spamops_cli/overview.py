@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spamops_runtime.model_registry import serving_aliases
-from spamops_runtime.replay import topic_partitions
+from spamops_runtime.replay import consumer_lags, topic_partitions
 from spamops_runtime.settings import PlatformSettings
 from spamops_runtime.triton_repo import TritonRepositoryClient
 from spamops_schemas.topics import DLQ_SUFFIX, catalogue
@@ -78,12 +78,8 @@ async def _kafka(settings: PlatformSettings, view: Overview) -> None:
             for g in await admin.list_consumer_groups()
             if g[0].startswith("spamops-") and "-control-" not in g[0]
         ]
-        for group in sorted(groups):
-            offsets = await admin.list_consumer_group_offsets(group)
-            if not offsets:
-                continue
-            ends = await consumer.end_offsets(list(offsets))
-            view.lag[group] = sum(max(0, ends[tp] - meta.offset) for tp, meta in offsets.items())
+        lags = await consumer_lags(settings, {group: () for group in sorted(groups)})
+        view.lag = {group: lag for group, lag in lags.items() if lag is not None}
         for topic in sorted(t for t in topics if t.endswith(DLQ_SUFFIX)):
             parts = [TopicPartition(topic, p) for p in await topic_partitions(settings, topic)]
             if not parts:

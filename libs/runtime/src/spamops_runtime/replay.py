@@ -1,4 +1,4 @@
-"""Reading a topic from the beginning without a consumer group (replays, CLI, trainer).
+"""Reading a topic from the beginning without a consumer group (replays, CLI, trainer), and lag.
 
 Topics are the platform's log: the CLI prints verdicts with it and the trainer
 replays ``emails.feedback`` and ``emails.inbox`` to build a drift snapshot.
@@ -6,7 +6,7 @@ replays ``emails.feedback`` and ``emails.inbox`` to build a drift snapshot.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -89,3 +89,43 @@ async def read_topic(
                     return
     finally:
         await consumer.stop()
+
+
+async def consumer_lags(
+    settings: PlatformSettings, groups: Mapping[str, Sequence[str]]
+) -> dict[str, int | None]:
+    """Committed lag of each consumer group: records of its topics it has not committed.
+
+    ``groups`` maps a group id to the topics it reads; an empty sequence means
+    whatever topics the group has committed on. Per partition the lag is the
+    log end minus the committed offset, or minus the log start where the group
+    has committed nothing yet (it would read from the start). A group that
+    has committed nothing at all (and whose topics are not named) is None.
+    One implementation for ``spamops status``, the benchmarks and the drills.
+    """
+    options = settings.kafka_client_options()
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **options)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, **options)
+    await admin.start()
+    await consumer.start()
+    try:
+        out: dict[str, int | None] = {}
+        for group, topics in groups.items():
+            committed = {
+                tp: meta.offset
+                for tp, meta in (await admin.list_consumer_group_offsets(group)).items()
+                if meta is not None and meta.offset >= 0 and (not topics or tp.topic in topics)
+            }
+            parts = set(committed)
+            for topic in topics:
+                parts |= {TopicPartition(topic, p) for p in await topic_partitions(settings, topic)}
+            if not parts:
+                out[group] = None
+                continue
+            ends = await consumer.end_offsets(list(parts))
+            starts = await consumer.beginning_offsets(list(parts))
+            out[group] = sum(max(0, ends[tp] - committed.get(tp, starts[tp])) for tp in parts)
+        return out
+    finally:
+        await consumer.stop()
+        await admin.close()

@@ -133,6 +133,15 @@ def inject(headers: MutableMapping[str, str]) -> None:
         _PROPAGATOR.inject(carrier=headers)
 
 
+def traceparent_trace_id(headers: Mapping[str, str]) -> str | None:
+    """Trace id of a record's W3C ``traceparent`` header, without starting a span."""
+    value = headers.get("traceparent", "")
+    parts = value.split("-")
+    if len(parts) == 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
+        return parts[1].lower()
+    return None
+
+
 def current_trace_id() -> str | None:
     """Hex trace id of the current span, for logs."""
     ctx = trace.get_current_span().get_span_context()
