@@ -244,6 +244,8 @@ def build_app(settings: InferenceSettings | None = None) -> FastStream:
         service=SERVICE,
         batch_max_records=settings.batch_max_records,
         batch_timeout_ms=settings.batch_timeout_ms,
+        fetch_min_bytes=settings.fetch_min_bytes,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
         name="on_inbox",
         description=on_inbox.__doc__,
     )

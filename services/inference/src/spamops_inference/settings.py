@@ -24,7 +24,21 @@ class InferenceSettings(ServiceSettings):
     group_id: str = "spamops-inference"
 
     batch_max_records: int = Field(default=256, ge=1, description="Records per batch at most.")
-    batch_timeout_ms: int = Field(default=20, ge=0, description="Wait for a batch to fill.")
+    batch_timeout_ms: int = Field(
+        default=20, ge=0, description="Longest wait for a record when none is buffered."
+    )
+    # A fetch returns as soon as any record is there, so at a few hundred mails a second
+    # batches held 1-3 mails, each paying a Feast look-up, a Triton request and a commit.
+    # The broker holds a fetch until this much data is there or the wait is over.
+    fetch_min_bytes: int = Field(
+        default=64 * 1024, ge=1, description="Kafka fetch.min.bytes of the inbox consumer."
+    )
+    fetch_max_wait_ms: int = Field(
+        default=25,
+        ge=0,
+        description="Kafka fetch.max.wait.ms of the inbox consumer: the most a batch may "
+        "wait to fill (adds at most this to a verdict's latency).",
+    )
     triton_batch: int = Field(default=64, ge=1, description="Rows per Triton request.")
     recent_senders: int = Field(
         default=200_000,

@@ -131,6 +131,7 @@ def build_app(settings: MonitorSettings | None = None) -> FastStream:
         broker, topic=EMAILS_VERDICTS, event_cls=EmailClassified, handler=verdict,
         settings=settings, service=SERVICE, batch_max_records=settings.batch_max_records,
         commit_floor=floor, record_spans=False,
+        fetch_min_bytes=settings.fetch_min_bytes, fetch_max_wait_ms=settings.fetch_max_wait_ms,
     )  # fmt: skip
     # The label join is in the state store, shared by every monitor process using the same
     # state dir: a label joins its verdict whichever process read either (README: scaling).
