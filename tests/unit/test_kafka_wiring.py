@@ -7,6 +7,8 @@ tests/integration/test_kafka_wiring.py.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -126,18 +128,30 @@ async def test_failing_handler_is_dead_lettered_and_stream_goes_on(
     assert [d.headers[H_ERROR_REASON] for d in dead] == [reason, reason]
 
 
-async def test_a_handled_record_continues_its_trace_into_what_the_handler_publishes() -> None:
-    """traceparent in -> a consumer span child of it -> the same trace id out."""
+@contextmanager
+def _in_memory_spans() -> Iterator[Any]:
+    """A test-local tracer provider for the block; yields its in-memory span exporter."""
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-    from spamops_runtime.kafka import H_TRACEPARENT
-    from spamops_schemas import ModelPromoted
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    previous = trace._TRACER_PROVIDER  # type: ignore[attr-defined]  # None unless one is set
+    trace._TRACER_PROVIDER = provider  # type: ignore[attr-defined]  # test-local provider
+    try:
+        yield exporter
+    finally:
+        trace._TRACER_PROVIDER = previous  # type: ignore[attr-defined]
+
+
+async def test_a_handled_record_continues_its_trace_into_what_the_handler_publishes() -> None:
+    """traceparent in -> a consumer span child of it -> the same trace id out."""
+    from spamops_runtime.kafka import H_TRACEPARENT
+    from spamops_schemas import ModelPromoted
+
     trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     broker = KafkaBroker(PlatformSettings().kafka_bootstrap)
     out: list[Any] = []
@@ -159,9 +173,7 @@ async def test_a_handled_record_continues_its_trace_into_what_the_handler_publis
     async def on_out(message: KafkaMessage) -> None:
         out.append(message)
 
-    previous = trace._TRACER_PROVIDER  # type: ignore[attr-defined]  # None unless one is set
-    trace._TRACER_PROVIDER = provider  # type: ignore[attr-defined]  # test-local provider
-    try:
+    with _in_memory_spans() as exporter:
         async with TestKafkaBroker(broker) as br:
             event = PromotionApproved(model_name="m", version=1, approved_by="a")
             await br.publish(
@@ -170,8 +182,6 @@ async def test_a_handled_record_continues_its_trace_into_what_the_handler_publis
                 headers={H_TRACEPARENT: f"00-{trace_id}-{parent_id}-01"},
             )
             await _settle()
-    finally:
-        trace._TRACER_PROVIDER = previous  # type: ignore[attr-defined]
     [span] = [s for s in exporter.get_finished_spans() if s.name == "tracing PromotionApproved"]
     assert f"{span.context.trace_id:032x}" == trace_id
     assert span.parent is not None and f"{span.parent.span_id:016x}" == parent_id
@@ -183,16 +193,9 @@ async def test_a_handled_record_continues_its_trace_into_what_the_handler_publis
 
 async def test_without_record_spans_no_span_is_made_and_logs_keep_the_trace_id() -> None:
     """record_spans=False (the monitor's verdicts): no span, the traceparent's id in logs."""
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from spamops_runtime.kafka import H_TRACEPARENT
     from spamops_runtime.logs import current_log_context
 
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
     broker = KafkaBroker(PlatformSettings().kafka_bootstrap)
     seen: list[dict[str, Any]] = []
@@ -209,10 +212,8 @@ async def test_without_record_spans_no_span_is_made_and_logs_keep_the_trace_id()
         service="quiet",
         record_spans=False,
     )
-    previous = trace._TRACER_PROVIDER  # type: ignore[attr-defined]  # None unless one is set
-    trace._TRACER_PROVIDER = provider  # type: ignore[attr-defined]  # test-local provider
     event = PromotionApproved(model_name="m", version=1, approved_by="a")
-    try:
+    with _in_memory_spans() as exporter:
         async with TestKafkaBroker(broker) as br:
             await br.publish(
                 event.to_bytes(),
@@ -221,8 +222,6 @@ async def test_without_record_spans_no_span_is_made_and_logs_keep_the_trace_id()
             )
             await br.publish(event.to_bytes(), topic=TOPIC)  # no traceparent at all
             await _settle()
-    finally:
-        trace._TRACER_PROVIDER = previous  # type: ignore[attr-defined]
     assert [s.name for s in exporter.get_finished_spans() if s.name.startswith("quiet")] == []
     assert [c.get("trace_id") for c in seen] == [trace_id, None]
     assert all(c["correlation_id"] == str(event.correlation_id) for c in seen)
