@@ -514,21 +514,22 @@ async def handle_record(
     attempt = 0
     delays = backoff_delays(backoff_seconds, max_backoff_seconds)
     token = _current_record.set(record)
-    span_attributes = {
-        "messaging.system": "kafka",
-        "messaging.destination.name": record.topic,
-        "messaging.kafka.partition": record.partition,
-        "messaging.kafka.offset": record.offset,
-        "spamops.event_type": event.event_type,
-        "spamops.event_id": str(event.event_id),
-        "spamops.correlation_id": event.correlation_id,
-    }
     headers = record.headers
-    span: AbstractContextManager[object] = (
-        consumer_span(f"{service} {event.event_type}", record.headers, span_attributes)
-        if record_span
-        else nullcontext()
-    )
+    span: AbstractContextManager[object] = nullcontext()
+    if record_span:  # the attributes only for a span: no per-record work without one
+        span = consumer_span(
+            f"{service} {event.event_type}",
+            headers,
+            {
+                "messaging.system": "kafka",
+                "messaging.destination.name": record.topic,
+                "messaging.kafka.partition": record.partition,
+                "messaging.kafka.offset": record.offset,
+                "spamops.event_type": event.event_type,
+                "spamops.event_id": str(event.event_id),
+                "spamops.correlation_id": event.correlation_id,
+            },
+        )
     try:
         with (
             span,
