@@ -91,9 +91,21 @@ def test_hand_written_kcat_json_needs_only_the_payload() -> None:
     event = decode_event(raw, expected=PromotionApproved)
     assert event.version == 3
     assert event.schema_version == 1
+    # An editor's UTF-8 byte-order mark is accepted, as json.loads accepts it.
+    assert decode_event(b"\xef\xbb\xbf" + raw, expected=PromotionApproved).version == 3
 
 
-@pytest.mark.parametrize("raw", [b"not json", b"\xff\xfe\x00", b"[1, 2]", b""])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b"\xff\xfe\x00",
+        b"[1, 2]",
+        b"",
+        b'{"model_name": "\\ud800"}',  # a lone surrogate: no UTF-8 could carry it on
+        b"[" * 100_000,  # nesting deep enough to exhaust a recursive parser
+    ],
+)
 def test_invalid_json_raises_typed_error(raw: bytes) -> None:
     with pytest.raises(InvalidJSONError) as info:
         decode_event(raw, expected=PromotionApproved)
