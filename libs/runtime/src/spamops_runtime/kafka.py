@@ -45,6 +45,7 @@ from spamops_runtime.metrics import (
     EVENTS_PUBLISHED,
     HANDLER_RETRIES,
     HANDLER_SECONDS,
+    labelled,
 )
 from spamops_runtime.settings import PlatformSettings, ServiceSettings
 from spamops_runtime.tracing import (
@@ -580,8 +581,9 @@ async def handle_record(
                         )
                     await asyncio.sleep(delay)
                     continue
-                HANDLER_SECONDS.labels(service, record.topic).observe(time.perf_counter() - started)
-                EVENTS_CONSUMED.labels(service, record.topic, event.event_type).inc()
+                elapsed = time.perf_counter() - started
+                labelled(HANDLER_SECONDS, service, record.topic).observe(elapsed)
+                labelled(EVENTS_CONSUMED, service, record.topic, event.event_type).inc()
                 return
     finally:
         _current_record.reset(token)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+from typing import TypeVar
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics import MetricWrapperBase
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 EVENTS_CONSUMED = Counter(
     "spamops_events_consumed_total",
@@ -35,6 +41,15 @@ SERVICE_READY = Gauge(
     "1 once the service is connected to Kafka and consuming, 0 while starting or stopping.",
     ["service"],
 )
+
+
+@functools.cache
+def labelled(metric: M, *values: str) -> M:
+    """``metric.labels(*values)``, looked up once: prometheus_client's ``labels`` takes a
+    lock and checks the values on every call, a measurable share of a per-record hot path
+    (the monitor handles every verdict). Label values here come from a small closed set
+    (service, topic, event type), so the cache stays small."""
+    return metric.labels(*values)
 
 
 def start_metrics_server(port: int, host: str = "127.0.0.1") -> None:

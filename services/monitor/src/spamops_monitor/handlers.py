@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from spamops_runtime.metrics import labelled
 from spamops_schemas import DriftDetected, EmailClassified, EmailLabeled
 from spamops_schemas.events import DriftedFeature, DriftWindow
 from spamops_schemas.topics import EMAILS_FEEDBACK, EMAILS_VERDICTS
@@ -129,7 +130,7 @@ async def on_verdict(
         IGNORED.labels("other-model").inc()
         return
     version = event.model_version
-    VERDICTS.labels(str(version)).inc()
+    labelled(VERDICTS, str(version)).inc()
     store = deps.store
     if offset > store.applied_offset(topic, partition):
         joined = deps.quality.verdict(event.message_key, event.model_name, version, event.verdict)
