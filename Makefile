@@ -23,12 +23,18 @@ down: ## Stop what `make up` started (data is kept)
 status: ## Show the local stack
 	$(VENV)/spamops status
 
+# mypy's incremental cache lives outside the clone, like the deploy tools: a fresh clone on
+# the same machine re-checks what changed (~15 s) instead of everything (~95 s cold).
+MYPY_CACHE_DIR ?= $(HOME)/.cache/spamops/mypy
+
 lint: ## ruff, mypy and the generated-schema check
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
-	$(VENV)/mypy
+	MYPY_CACHE_DIR=$(MYPY_CACHE_DIR) $(VENV)/mypy
 
-test: bootstrap lint deploy-check ## Install, then run every test (unit, integration, end-to-end) on the real stack
+test: bootstrap ## Install, then run every test (unit, integration, end-to-end) on the real stack
+	@# lint and the deploy checks are single-threaded: side by side on the two cores
+	@$(MAKE) --no-print-directory -j2 --output-sync=target lint deploy-check
 	$(VENV)/pytest $(PYTEST_ARGS)
 
 test-fast: ## Unit and integration tests only, skipping slow end-to-end ones

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -147,12 +148,33 @@ def _progress_callback(on_trial_done: Callable[[int, int], None] | None, total: 
     return _Progress()
 
 
+_RAY_START = threading.Lock()  # the warm-up thread and a training never start Ray twice
+
+
 def start_ray(config: SearchConfig, attempts: int = 3) -> None:
     """Connect to ``RAY_ADDRESS`` or start Ray in-process, if not done yet.
 
     A local Ray node must register within a fixed 30 s; on a loaded machine it
     sometimes does not ("timed out during startup"), so the start is retried.
+    A call while another thread is starting Ray waits for that start.
     """
+    with _RAY_START:
+        _start_ray(config, attempts)
+
+
+def warm_up_ray(config: SearchConfig) -> None:
+    """Start Ray ahead of the first training; a failure is logged, and the training's own
+    ``start_ray`` tries again."""
+    began = time.perf_counter()
+    try:
+        start_ray(config)
+    except Exception:
+        logger.warning("Ray warm-up failed; the first training starts Ray", exc_info=True)
+    else:
+        logger.info("Ray ready", extra={"seconds": round(time.perf_counter() - began, 1)})
+
+
+def _start_ray(config: SearchConfig, attempts: int) -> None:
     import ray
 
     for attempt in range(1, attempts + 1):
@@ -252,10 +274,10 @@ def search(
         rounds = int(result.metrics.get("rounds", 0))
         # The lowest log loss the trial reached, at the rounds it was reached with.
         history = result.metrics_dataframe
+        best_row: dict[str, Any] = dict(result.metrics)
         if history is not None and len(history) and "val_logloss" in history:
-            best_row = history.iloc[int(np.argmin(history["val_logloss"].to_numpy(dtype=float)))]
-        else:
-            best_row = result.metrics
+            lowest = int(np.argmin(history["val_logloss"].to_numpy(dtype=float)))
+            best_row = {str(k): v for k, v in history.iloc[lowest].items()}
         loss, rounds_at_best = float(best_row["val_logloss"]), int(best_row["rounds"])
         f1 = float(best_row.get("val_f1", 0.0))
         params["n_estimators"] = rounds_at_best
