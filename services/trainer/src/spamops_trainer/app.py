@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from functools import partial
 
 from faststream import FastStream
@@ -20,7 +19,7 @@ from spamops_trainer.handlers import (
     on_drift_detected,
 )
 from spamops_trainer.settings import TrainerSettings
-from spamops_trainer.tuning import SearchConfig, warm_up_ray
+from spamops_trainer.tuning import SearchConfig
 
 
 def search_config(settings: TrainerSettings) -> SearchConfig:
@@ -89,20 +88,4 @@ def build_app(settings: TrainerSettings | None = None) -> FastStream:
         settings=settings,
         service=SERVICE,
     )
-    app = service_app(SERVICE, settings, broker)
-
-    warm_up: list[asyncio.Future[None]] = []
-
-    @app.after_startup
-    async def _warm_up_ray() -> None:
-        """Ray starts while the service waits for its first DatasetReady.
-
-        In the default executor, like the trainings: Ray's node processes die with the
-        *thread* that started them (parent-death signal), and its threads live as long
-        as the process. A short-lived thread of its own killed Ray when it ended.
-        """
-        if settings.ray_warm_up:
-            loop = asyncio.get_running_loop()
-            warm_up.append(loop.run_in_executor(None, warm_up_ray, deps.search))
-
-    return app
+    return service_app(SERVICE, settings, broker)

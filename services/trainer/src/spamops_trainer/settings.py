@@ -40,11 +40,6 @@ class TrainerSettings(ServiceSettings):
         description="An existing Ray cluster; in-process Ray when unset.",
     )
     ray_num_cpus: int = Field(default=2, description="CPUs of the in-process Ray.")
-    ray_warm_up: bool = Field(
-        default=True,
-        description="Start (or connect to) Ray when the service starts, in the background, so "
-        "the first training does not wait for it (~30 s on a 2-core machine).",
-    )
     max_handler_minutes: int = Field(
         default=60, description="Longest a training may hold its record before Kafka gives up."
     )

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -148,33 +147,12 @@ def _progress_callback(on_trial_done: Callable[[int, int], None] | None, total: 
     return _Progress()
 
 
-_RAY_START = threading.Lock()  # the warm-up thread and a training never start Ray twice
-
-
 def start_ray(config: SearchConfig, attempts: int = 3) -> None:
     """Connect to ``RAY_ADDRESS`` or start Ray in-process, if not done yet.
 
     A local Ray node must register within a fixed 30 s; on a loaded machine it
     sometimes does not ("timed out during startup"), so the start is retried.
-    A call while another thread is starting Ray waits for that start.
     """
-    with _RAY_START:
-        _start_ray(config, attempts)
-
-
-def warm_up_ray(config: SearchConfig) -> None:
-    """Start Ray ahead of the first training; a failure is logged, and the training's own
-    ``start_ray`` tries again."""
-    began = time.perf_counter()
-    try:
-        start_ray(config)
-    except Exception:
-        logger.warning("Ray warm-up failed; the first training starts Ray", exc_info=True)
-    else:
-        logger.info("Ray ready", extra={"seconds": round(time.perf_counter() - began, 1)})
-
-
-def _start_ray(config: SearchConfig, attempts: int) -> None:
     import ray
 
     for attempt in range(1, attempts + 1):
