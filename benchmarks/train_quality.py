@@ -175,7 +175,6 @@ def run_platform(
         **scores(outcome.test),
         "threshold": outcome.threshold,
         "best_val_f1": round(outcome.search.best_val_f1, 4),
-        "best_val_logloss": round(outcome.search.best_val_logloss, 5),
         "best_params": outcome.params,
         "trials": len(outcome.search.trials),
         "search_seconds": round(outcome.search.seconds, 1),

@@ -33,7 +33,7 @@ from spamops_trainer.handlers import (
     on_drift_detected,
 )
 from spamops_trainer.training import PreparedData, prepare_features, serving_parity
-from spamops_trainer.tuning import SearchConfig, TrialResult, best_trial
+from spamops_trainer.tuning import SearchConfig
 
 RECORD = RecordContext(
     topic="t", partition=0, offset=0, key=None, headers={}, timestamp_ms=0, raw=b""
@@ -293,16 +293,3 @@ async def test_a_failed_drift_publish_does_not_start_the_cooldown(tmp_path: Path
     deps.publish = working
     await on_drift_detected(drift, RECORD, deps)  # the wiring's retry of the same record
     assert len(published) == 1
-
-
-def test_the_search_picks_the_lowest_validation_log_loss_not_the_best_f1_at_one_half() -> None:
-    """A trial that wins F1 at 0.5 by pushing probabilities up (scale_pos_weight) loses to
-    the one with better probabilities; equal losses go to the cheaper model."""
-    pushed = TrialResult({"n_estimators": 100}, val_f1=0.993, rounds=100, stopped_early=False,
-                         val_logloss=0.060)  # fmt: skip
-    calibrated = TrialResult({"n_estimators": 300}, val_f1=0.989, rounds=300,
-                             stopped_early=False, val_logloss=0.031)  # fmt: skip
-    cheaper = TrialResult({"n_estimators": 150}, val_f1=0.989, rounds=150, stopped_early=False,
-                          val_logloss=0.031)  # fmt: skip
-    assert best_trial([pushed, calibrated]) is calibrated
-    assert best_trial([pushed, calibrated, cheaper]) is cheaper

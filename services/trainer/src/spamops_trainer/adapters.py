@@ -214,13 +214,7 @@ class MlflowTracker:
                 experiment_id=experiment_id, run_name=f"trial-{index:02d}", nested=True
             ):
                 mlflow.log_params(trial["params"])
-                mlflow.log_metrics(
-                    {
-                        "val_logloss": trial["val_logloss"],
-                        "val_f1": trial["val_f1"],
-                        "rounds": float(trial["rounds"]),
-                    }
-                )
+                mlflow.log_metrics({"val_f1": trial["val_f1"], "rounds": float(trial["rounds"])})
                 mlflow.set_tag("stopped_early", str(trial["stopped_early"]).lower())
 
     def log_results(

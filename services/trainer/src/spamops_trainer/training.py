@@ -242,7 +242,6 @@ def train_and_log(
                 metrics={
                     **outcome.test.as_mlflow_metrics(),
                     "best_val_f1": outcome.search.best_val_f1,
-                    "best_val_logloss": outcome.search.best_val_logloss,
                     "search_seconds": outcome.search.seconds,
                     "training_seconds": outcome.seconds,
                     "trials": float(len(outcome.search.trials)),
