@@ -28,7 +28,7 @@ from spamops_schemas import DatasetReady, ModelRegistered, ModelTrained
 
 from tests.faults.drill import Drill
 from tests.integration.conftest import StackFactory
-from tests.integration.helpers import events_on, send, spamops
+from tests.integration.helpers import events_on, metric_sum, send, spamops
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.faults]
 
@@ -188,15 +188,7 @@ def test_one_of_two_inference_processes_killed_the_group_rebalances_and_loses_no
 
 def _messages_read(metrics_port: int) -> float:
     """spamops_inference_messages_total of the inference process serving ``metrics_port``."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return sum(
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith("spamops_inference_messages_total")
-    )
+    return metric_sum(metrics_port, "spamops_inference_messages_total")
 
 
 def test_trainer_killed_mid_training_trains_once_and_closes_the_abandoned_run(
@@ -305,18 +297,10 @@ def test_monitor_killed_mid_stream_catches_up(platform: PlatformSettings) -> Non
 
 def _verdicts_handled(metrics_port: int) -> float:
     """Verdicts the monitor serving ``metrics_port`` handled since it started (its /metrics)."""
-    import urllib.request
-
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
-            text = r.read().decode()
+        return metric_sum(metrics_port, "spamops_events_consumed_total", topic="emails.verdicts")
     except OSError:
         return 0.0  # not up yet
-    return sum(
-        float(line.split()[-1])
-        for line in text.splitlines()
-        if line.startswith("spamops_events_consumed_total{") and 'topic="emails.verdicts"' in line
-    )
 
 
 # ------------------------------------------------------------ infrastructure

@@ -92,3 +92,20 @@ def sample_email(i: int, spam: bool, id_prefix: str = "it") -> bytes:
         f"Message-ID: <{id_prefix}-{uuid.uuid4().hex}@x>\n"
         f"Date: Tue, 1 Oct 2002 10:00:00 +0000\n\n{body} {i}\n"
     ).encode()
+
+
+def metric_sum(port: int, sample: str, **labels: str) -> float:
+    """The sum of the ``sample`` series whose labels include ``labels``, on the /metrics
+    page a process serves at ``port`` (0 when none). Raises OSError while nothing answers."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == sample and labels.items() <= s.labels.items()
+    )
