@@ -141,6 +141,33 @@ async def test_poison_records_mid_batch_on_an_event_topic_each_end_handled_or_de
     assert await committed(stack, topic, group) == len(records)
 
 
+async def test_json_nested_past_any_recursion_limit_is_dead_lettered_not_read_forever(
+    stack: PlatformSettings,
+) -> None:
+    """json.loads raised RecursionError on 100k open brackets, which no decoder caught: the
+    record was read again forever. Now it is invalid JSON, and the stream goes on."""
+    topic, group = await topic_with_dlq(stack), f"it-{uuid.uuid4().hex[:8]}"
+    handled: list[int] = []
+
+    async def handler(event: PromotionApproved, record: RecordContext) -> None:
+        handled.append(event.version)
+
+    nested = b"[" * 100_000
+    await produce(stack, topic, [(_event(1), []), (nested, []), (_event(3), [])])
+    broker = make_broker(stack, client_id="it-delivery", graceful_timeout=5.0)
+    subscribe_events(
+        broker, topic=topic, event_cls=PromotionApproved, handler=handler,
+        settings=service_settings(stack, group), service="it-delivery", batch_max_records=50,
+    )  # fmt: skip
+    async with broker:
+        await broker.start()
+        await wait_for(lambda: handled == [1, 3])
+        await committed_reaches(stack, topic, group, 3)
+    (letter,) = await read_all(stack, topic + ".dlq", 1)
+    assert letter.value == nested
+    assert dict(letter.headers)[H_ERROR_REASON] == b"invalid-json"
+
+
 async def test_raw_records_are_bytes_whatever_the_headers_say_and_dead_letters_keep_exact_headers(
     stack: PlatformSettings,
 ) -> None:
