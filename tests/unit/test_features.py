@@ -421,6 +421,8 @@ def test_transform_survives_hostile_input(fitted: FeaturePipeline) -> None:
 _ORIGINAL_URL = r"(?:https?://|www\.)[^\s<>\"'()]+"
 _ORIGINAL_IP_URL = r"https?://(?:[^\s/@<>\"']*@)?\d{1,3}(?:\.\d{1,3}){3}(?![\w.])"
 _ORIGINAL_EMAIL = r"(?<=[\w.+\-])@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+"
+# pipeline.meta_tokens' linked-site pattern (one group: the host).
+_ORIGINAL_URL_HOST = r"(?:https?://|www\.)(?:[^\s/@<>\"']{0,64}@)?([a-z0-9\-]+(?:\.[a-z0-9\-]+)+)"
 
 
 def _tricky_texts(count: int, seed: int) -> list[str]:
@@ -429,7 +431,7 @@ def _tricky_texts(count: int, seed: int) -> list[str]:
         "http://", "HTTPS://", "hTtP\u017f://", "www.", "WwW.", "ww.", "http:/", "://", "@", "a@",
         ".@", "+@", "-@", "é@", "x@y", "@b.c", "10.0.0.1", "256.1.2.3", "1.2.3.4.5", "u:p@",
         "example.com", " ", "\n", "<", ">", '"', "'", "(", ")", "/", ".", "-", "h", "w", "s",
-        "\u017f", "K", "1", "A", "ü", "\u212a",
+        "\u017f", "K", "1", "A", "ü", "\u212a", "\u0130", "\u0131", "a.b", "x-y.org",
     ]  # fmt: skip
     return ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 40))) for _ in range(count)]
 
@@ -440,6 +442,7 @@ def _tricky_texts(count: int, seed: int) -> list[str]:
         (handcrafted._URL, _ORIGINAL_URL, re.IGNORECASE),
         (handcrafted._IP_URL, _ORIGINAL_IP_URL, re.IGNORECASE),
         (handcrafted._EMAIL, _ORIGINAL_EMAIL, 0),
+        (pipeline._URL_HOST, _ORIGINAL_URL_HOST, re.IGNORECASE),
     ],
 )
 def test_fast_regexes_match_the_originals(fast: re.Pattern[str], original: str, flags: int) -> None:
@@ -460,3 +463,13 @@ def test_ascii_case_counts() -> None:
         upper = sum(1 for c in text if "A" <= c <= "Z")
         lower = sum(1 for c in text if "a" <= c <= "z")
         assert handcrafted._ascii_case_counts(text) == (upper, upper + lower)
+
+
+def test_tokenizer_without_word_boundaries_finds_sklearns_tokens() -> None:
+    analyzer = pipeline._Analyzer(pipeline.TfidfParams(stop_words=None))
+    sklearn_tokens = re.compile(pipeline.SKLEARN_TOKEN_PATTERN)
+    rng = random.Random(7)
+    pieces = ["a", "ab", "Éé", "_", "1", "x2", " ", "-", "'", "\u0301", "ß", "\u212a", "日本", ".", "\n"]
+    for _ in range(5000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+        assert analyzer.token.findall(text) == sklearn_tokens.findall(text), text

@@ -99,6 +99,7 @@ ARRAYS_FILE: Final = "features.npz"
 _FORMAT: Final = "spamops.feature-pipeline"
 _FORMAT_VERSION: Final = 2
 META_PREFIX: Final = "meta:"  # ":" never occurs in a word token: no collision
+SKLEARN_TOKEN_PATTERN: Final = r"(?u)\b\w\w+\b"  # TfidfVectorizer's default
 
 
 class FeatureSpecMismatchError(RuntimeError):
@@ -114,7 +115,7 @@ class TfidfParams:
     # No stop-word list: chi² keeps the function words that discriminate ("you", "your").
     stop_words: str | None = None
     sublinear_tf: bool = True
-    token_pattern: str = r"(?u)\b\w\w+\b"  # noqa: S105 - a regex, not a secret
+    token_pattern: str = SKLEARN_TOKEN_PATTERN
     # Each document is cut here: bounds the cost of a huge message on the hot path.
     max_doc_chars: int = 100_000
     # Vocabulary: terms in at least min_df training emails, at most max_vocabulary
@@ -211,7 +212,11 @@ class _Analyzer:
     """Tokens exactly as sklearn's word analyzer makes them (lowercase, stop words, n-grams)."""
 
     def __init__(self, params: TfidfParams) -> None:
-        self.token = re.compile(params.token_pattern)
+        # sklearn's default pattern, spelt without the word boundaries: findall
+        # scans left to right and \w\w+ is greedy, so a match can only start at a
+        # word's start and ends at its end (same tokens, ~30% faster).
+        pattern = params.token_pattern
+        self.token = re.compile(r"\w\w+" if pattern == SKLEARN_TOKEN_PATTERN else pattern)
         self.stop = _stop_words(params.stop_words)
         self.ngram_max = params.ngram_max
         self.max_chars = params.max_doc_chars
@@ -243,8 +248,14 @@ def tfidf_document(email: ParsedEmail) -> str:
     return _document(email, prepare(email).html_text)
 
 
+# What ``(?:https?://|www\.)(?:[^\s/@<>"']{0,64}@)?([a-z0-9\-]+(?:\.[a-z0-9\-]+)+)`` with
+# re.I matches, spelt out so the engine scans for its first character instead of
+# trying the pattern at every position (2.5x faster); the class lists the four
+# non-ASCII letters re.I folds into [a-z] (tests check it against the re.I form).
+_HOST_CHAR: Final = r"[a-zA-Z0-9\-\u0130\u0131\u017f\u212a]"
 _URL_HOST: Final = re.compile(
-    r"(?:https?://|www\.)(?:[^\s/@<>\"']{0,64}@)?([a-z0-9\-]+(?:\.[a-z0-9\-]+)+)", re.I
+    r"[hHwW](?:(?<=[hH])[tT][tT][pP][sS\u017f]?://|(?<=[wW])[wW][wW]\.)"
+    rf"(?:[^\s/@<>\"']{{0,64}}@)?({_HOST_CHAR}+(?:\.{_HOST_CHAR}+)+)"
 )
 _WORD: Final = re.compile(r"[a-z]+")
 _MAX_HOSTS: Final = 20
