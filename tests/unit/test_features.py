@@ -469,7 +469,7 @@ def test_tokenizer_without_word_boundaries_finds_sklearns_tokens() -> None:
     analyzer = pipeline._Analyzer(pipeline.TfidfParams(stop_words=None))
     sklearn_tokens = re.compile(pipeline.SKLEARN_TOKEN_PATTERN)
     rng = random.Random(7)
-    pieces = ["a", "ab", "Éé", "_", "1", "x2", " ", "-", "'", "\u0301", "ß", "\u212a", "日本", ".", "\n"]
+    pieces = ["a", "ab", "Éé", "_", "1", "x2", " ", "-", "'", "\u0301", "ß", "\u212a", "日本", "."]
     for _ in range(5000):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
         assert analyzer.token.findall(text) == sklearn_tokens.findall(text), text

@@ -99,7 +99,7 @@ ARRAYS_FILE: Final = "features.npz"
 _FORMAT: Final = "spamops.feature-pipeline"
 _FORMAT_VERSION: Final = 2
 META_PREFIX: Final = "meta:"  # ":" never occurs in a word token: no collision
-SKLEARN_TOKEN_PATTERN: Final = r"(?u)\b\w\w+\b"  # TfidfVectorizer's default
+SKLEARN_TOKEN_PATTERN: Final = r"(?u)\b\w\w+\b"  # noqa: S105 - TfidfVectorizer's default
 
 
 class FeatureSpecMismatchError(RuntimeError):
