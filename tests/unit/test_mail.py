@@ -544,6 +544,28 @@ def test_single_part_fast_path_builds_the_same_tree(raw: bytes) -> None:
     assert _tree(fast) == _tree(email.message_from_bytes(raw))
 
 
+def test_single_part_fast_path_on_random_header_blocks() -> None:
+    # The direct build of single-part roots against the feed parser: envelope
+    # lines anywhere, continuations first, empty names, lone CRs, containers.
+    import random
+
+    rng = random.Random(11)
+    pieces = [
+        b"Subject: hi", b"From: a@b", b"From x", b"Content-Type: multipart/mixed; boundary=b",
+        b"Content-Type: message/rfc822", b"Content-Type: text/html", b": empty", b" cont",
+        b"\tcont", b"X-A:", b"X-B:  v  ", b"\xff\xfe", b"bad line", b"", b"--b", b"=?utf-8?q?x?=",
+    ]  # fmt: skip
+    ends = [b"\r\n", b"\n", b"\r", b""]
+    limits = {"max_parts": 100, "max_depth": 10, "max_lines": 10_000}
+    for _ in range(3000):
+        raw = b"".join(rng.choice(pieces) + rng.choice(ends) for _ in range(rng.randint(1, 12)))
+        if not raw.strip():
+            continue
+        header_end = mail._check_headers(raw, 1 << 20, 1000)
+        fast = mail._parse_tree(raw, [], header_end=header_end, **limits)
+        assert _tree(fast) == _tree(email.message_from_bytes(raw)), raw
+
+
 def test_fast_path_respects_the_line_limit() -> None:
     raw = b"Subject: a\n\n" + b"line\n" * 100
     header_end = mail._check_headers(raw, 1 << 20, 1000)

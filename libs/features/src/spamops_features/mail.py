@@ -844,29 +844,46 @@ def _feed(parser: _BoundedParser, view: memoryview, start: int, end: int) -> Non
         parser.feed(bytes(view[position : min(position + _FEED_CHUNK, end)]))
 
 
-def _parsed_headers_only(parser: _BoundedParser) -> bool:
-    """Whether the feed parser consumed every line it was given (the root's headers, parsed).
+# A field line and its continuation lines, lines split as the feed parser splits
+# them (universal newlines): group 1 the name, group 2 compat32's value
+# (``header_source_parse``: blanks after the colon stripped, line ends inside kept).
+_FIELD = re.compile(r"([^\r\n:]*):[ \t]*([^\r\n]*(?:(?:\r\n|\r|\n)[ \t][^\r\n]*)*)(?:\r\n|\r|\n)")
+_ENVELOPE = re.compile(r"From [^\r\n]*(?:\r\n|\r|\n)")
+_CONTAINERS: Final = ("multipart", "message")
 
-    Fed a header block that ends with a complete blank line, the feed parser
-    has parsed the root's headers and waits in the body of a single-part root.
-    Private state of the stdlib: when it is not where expected, say no.
+
+def _single_part_root(raw: bytes, header_end: int, body: int, end: int) -> Message | None:
+    """The compat32 tree of a single-part message with an ordinary header block, or None.
+
+    What the feed parser builds for it, without feeding it line by line: the
+    fields as ``header_source_parse`` makes them and the rest of the input as
+    the payload. Ordinary means no case the feed parser treats specially: no
+    continuation as the first field line, no ``From `` line but an mbox envelope
+    line first, no field with an empty name. For those, and for multipart and
+    message/* roots, None: the caller feeds the parser.
     """
-    buffer = getattr(parser, "_input", None)
-    lines = getattr(buffer, "_lines", None)
-    partial = getattr(buffer, "_partial", None)
-    stack = getattr(parser, "_msgstack", None)
-    try:
-        return (
-            lines is not None
-            and not lines
-            and partial is not None
-            and partial.tell() == 0
-            and stack is not None
-            and len(stack) == 1
-            and stack[0] is parser.root
-        )
-    except Exception:
-        return False
+    block = raw[:header_end]
+    if b"\nFrom " in block or b"\rFrom " in block or b"\n:" in block or b"\r:" in block:
+        return None
+    text = block.decode("ascii", "surrogateescape")
+    msg = Message()
+    position = 0
+    envelope = _ENVELOPE.match(text)
+    if envelope is not None:
+        msg.set_unixfrom(envelope.group().rstrip("\r\n"))
+        position = envelope.end()
+    if text[position : position + 1] in (" ", "\t", ":"):
+        return None
+    fields: list[tuple[str, str]] = msg._headers  # type: ignore[attr-defined]
+    for field in _FIELD.finditer(text, position):
+        if field.start() != position:
+            return None  # not the block _check_headers saw: let the parser decide
+        fields.append(field.groups())  # type: ignore[arg-type]
+        position = field.end()
+    if position != len(text) or msg.get_content_maintype() in _CONTAINERS:
+        return None
+    msg.set_payload(raw[body:end].decode("ascii", "surrogateescape"))
+    return msg
 
 
 def _parse_tree(
@@ -880,34 +897,23 @@ def _parse_tree(
 ) -> Message:
     """The compat32 message tree of ``raw`` within the limits (partial past a limit).
 
-    Speed: the feed parser takes a single-part body line by line in Python
-    (most of its time on ordinary mail). When the header block ends with a
-    blank line, only the headers are fed first; if the root is then neither
-    multipart nor message/*, the stdlib would make the rest of the input its
-    payload verbatim (the lines joined back), so that is done in one step.
-    Otherwise the rest is fed as before. The tree is the same either way.
+    Speed: the feed parser takes every line in Python (most of its time on
+    ordinary mail). A single-part message whose header block ends with a blank
+    line and has nothing unusual in it is built directly instead
+    (``_single_part_root``); anything else is fed to the parser. The tree is
+    the same either way (tests compare them).
     """
     end = _line_limit_cut(raw, max_lines)
     if end < len(raw):
         defects.append(TOO_MANY_LINES)
-    parser = _BoundedParser(max_parts, max_depth)
-    view = memoryview(raw)
     body = _body_offset(raw, header_end, end)
+    if body is not None and header_end is not None:
+        direct = _single_part_root(raw, header_end, body, end)
+        if direct is not None:
+            return direct
+    parser = _BoundedParser(max_parts, max_depth)
     try:
-        if body is None:
-            _feed(parser, view, 0, end)
-            return parser.close()  # type: ignore[no-any-return]
-        _feed(parser, view, 0, body)
-        root = parser.root
-        if (
-            root is not None
-            and _parsed_headers_only(parser)
-            and root.get_content_maintype() not in ("multipart", "message")
-        ):
-            closed: Message = parser.close()
-            closed.set_payload(raw[body:end].decode("ascii", "surrogateescape"))
-            return closed
-        _feed(parser, view, body, end)
+        _feed(parser, memoryview(raw), 0, end)
         return parser.close()  # type: ignore[no-any-return]
     except _LimitReached as stop:
         defects.append(stop.defect)
