@@ -594,3 +594,25 @@ def test_header_block_fast_match_equals_the_line_loop() -> None:
             except MailParseError as exc:
                 slow = exc.reason
             assert fast == slow, (raw, max_bytes, max_headers)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "text/plain",
+        "text/plain; charset=US-ASCII",
+        'text/html; charset="iso-8859-1"',
+        "text/plain; charset*=utf-8''%E2%82%AC",  # RFC 2231
+        "text/plain; charset*=bogus''x",
+        "text/plain; charset=caf\udce9",  # undecodable bytes: a Header, not cached
+        "text/plain; charset=",
+        "text/plain; charset",
+    ],
+)
+def test_cached_charset_equals_the_stdlibs(content_type: str | None) -> None:
+    part = email.message.Message()
+    if content_type is not None:
+        part["Content-Type"] = content_type
+    for _ in range(2):  # the second read comes from the cache
+        assert mail._content_charset(part) == part.get_content_charset()

@@ -70,6 +70,7 @@ import email.feedparser
 import email.message
 import email.parser
 import email.utils
+import functools
 import hashlib
 import itertools
 import re
@@ -557,6 +558,25 @@ def _is_attachment(part: Message, maintype: str) -> bool:
         return False
 
 
+def _content_charset(part: Message) -> str | None:
+    """``part.get_content_charset()``, computed once per distinct Content-Type value.
+
+    It depends on that header alone, and parsing its parameters was a tenth of
+    parsing ordinary mail; the values repeat ("text/plain; charset=us-ascii").
+    """
+    value = part.get("content-type")
+    if not isinstance(value, str):  # absent, or a Header (undecodable bytes): no caching
+        return part.get_content_charset()
+    return _charset_of(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _charset_of(content_type: str) -> str | None:
+    probe = Message()
+    probe["Content-Type"] = content_type
+    return probe.get_content_charset()
+
+
 def _walk(
     msg: Message,
     body: _Body,
@@ -577,12 +597,11 @@ def _walk(
         body.max_depth = max(body.max_depth, depth)
         for defect in getattr(part, "defects", ()):
             defects.append("mime:" + type(defect).__name__.removesuffix("Defect"))
-        payload = part.get_payload()
-        if isinstance(payload, list):
+        if part.is_multipart():  # not get_payload(): for a leaf it may decode the whole body
             if depth >= max_depth:
                 defects.append(TOO_DEEP)
                 continue
-            children = [child for child in payload if isinstance(child, Message)]
+            children = [child for child in part.get_payload() if isinstance(child, Message)]
             stack.extend((child, depth + 1) for child in reversed(children))
             continue
         ctype = part.get_content_type()
@@ -609,7 +628,7 @@ def _walk(
         if not isinstance(data, bytes):
             continue
         try:
-            charset = part.get_content_charset()
+            charset = _content_charset(part)
         except Exception:
             charset = None
         if charset and charset not in body.charsets:
