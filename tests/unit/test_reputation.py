@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import pytest
 from spamops_features.pipeline import REPUTATION_DEFAULTS, REPUTATION_NAMES
 from spamops_features.reputation import (
     LABEL_DELAY,
+    MIN_PLAUSIBLE_DATE,
     STATE_COLUMNS,
     ReputationState,
     ReputationStore,
@@ -225,6 +226,22 @@ def test_reputation_times_use_the_date_never_the_future() -> None:
     assert at[0] == T0.timestamp()
     assert np.isnan(at[1]) and np.isnan(at[2])
     assert at[3] == now.timestamp()
+
+
+def test_reputation_times_without_pandas_equal_the_pandas_path() -> None:
+    # Serving passes a list of datetimes (the plain path), training a Series (pandas):
+    # the same seconds, to the bit, or a replayed mail would not score as in training.
+    rng = random.Random(3)
+    now = datetime(2026, 6, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    dates: list[datetime | None] = [None, MIN_PLAUSIBLE_DATE, now, now + DAY]
+    for _ in range(2000):
+        zone = timezone(timedelta(minutes=rng.randrange(-14 * 60, 14 * 60 + 1, 15)))
+        seconds = rng.uniform(0, 2.0e9)
+        value = datetime.fromtimestamp(seconds, tz=zone)
+        dates.append(value if rng.random() < 0.9 else value.replace(tzinfo=None))
+    plain = reputation_times(dates, now)
+    through_pandas = reputation_times(pd.Series(dates, dtype=object), now)
+    np.testing.assert_array_equal(plain, through_pandas)
 
 
 def test_historical_keeps_row_order_and_index(store: ReputationStore) -> None:

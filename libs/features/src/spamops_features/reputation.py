@@ -289,6 +289,13 @@ def _normalize_domains(values: pd.Series) -> pd.Series:
     return values.fillna("").astype(str).str.strip().str.lower()
 
 
+def _normalize_domain_list(values: Sequence[str | None]) -> list[str]:
+    """``_normalize_domains`` of a list, without pandas when every value is a str or None."""
+    if all(v is None or type(v) is str for v in values):
+        return ["" if v is None else v.strip().lower() for v in values]
+    return list(_normalize_domains(pd.Series(list(values), dtype=object)).tolist())
+
+
 def _utc(values: pd.Series) -> pd.Series:
     return pd.to_datetime(values, utc=True).astype("datetime64[us, UTC]")
 
@@ -379,12 +386,41 @@ def reputation_times(dates: Sequence[Any] | pd.Series, now: datetime) -> np.ndar
     back-filled mail's ``rep_days_since_first_seen`` is counted at its Date, not
     at the wall clock.
     """
+    if not isinstance(dates, pd.Series) and all(map(_is_plain_date, dates)):
+        return _plain_reputation_times(dates, _aware(now).timestamp())
     values = _utc(pd.Series(list(dates), dtype=object))
     seconds = _unix_seconds(values.fillna(_EPOCH))
     seconds = np.where(values.isna().to_numpy(), np.nan, seconds)
     with np.errstate(invalid="ignore"):
         seconds = np.where(seconds < MIN_PLAUSIBLE_DATE.timestamp(), np.nan, seconds)
     return np.asarray(np.minimum(seconds, _aware(now).timestamp()), dtype=np.float64)
+
+
+_MICROSECOND: Final = timedelta(microseconds=1)
+# pandas' nanosecond range, inside which both ways of computing agree (outside it pandas raises).
+_PANDAS_YEARS: Final = range(1678, 2262)
+
+
+def _is_plain_date(value: object) -> bool:
+    return value is None or (type(value) is datetime and value.year in _PANDAS_YEARS)
+
+
+def _plain_reputation_times(dates: Sequence[datetime | None], now_ts: float) -> np.ndarray:
+    """``reputation_times`` of datetimes and Nones without pandas (serving: a batch at a time).
+
+    The same arithmetic: whole microseconds since the epoch, as float64 / 1e6
+    (tests check it against the pandas path); pandas' per-call overhead was a
+    tenth of the inference service's CPU at 300 emails/s.
+    """
+    floor = MIN_PLAUSIBLE_DATE.timestamp()
+    out = np.full(len(dates), np.nan)
+    for i, value in enumerate(dates):
+        if value is None:
+            continue
+        seconds = ((_aware(value) - _EPOCH) // _MICROSECOND) / 1e6
+        if seconds >= floor:
+            out[i] = min(seconds, now_ts)
+    return out
 
 
 def _latest_states(rows: pd.DataFrame) -> pd.DataFrame:
@@ -603,7 +639,7 @@ class ReputationStore:
         """
         n = len(domains)
         out = np.broadcast_to(REPUTATION_DEFAULTS, (n, len(REPUTATION_NAMES))).copy()
-        keys = _normalize_domains(pd.Series(list(domains), dtype=object)).tolist()
+        keys = _normalize_domain_list(domains)
         distinct = sorted({k for k in keys if k})
         if not distinct:
             return OnlineReputation(out, degraded=False)
@@ -623,17 +659,18 @@ class ReputationStore:
             if len(dates) != n:
                 raise ValueError(f"{n} domains but {len(dates)} dates")
             at = reputation_times(dates, now)
-        for i, key in enumerate(keys):
-            state = states.get(key)
-            if state is None:
-                continue
-            first = np.nan if state.first_seen is None else state.first_seen.timestamp()
-            out[i] = _features(
-                np.array([state.messages_seen]),
-                np.array([state.spam_rate]),
-                np.array([first]),
-                at[i : i + 1],
-            )[0]
+        rows = [i for i, key in enumerate(keys) if key in states]
+        if rows:
+            known = [states[keys[i]] for i in rows]
+            out[rows] = _features(
+                np.array([state.messages_seen for state in known], dtype=np.float64),
+                np.array([state.spam_rate for state in known], dtype=np.float64),
+                np.array(
+                    [np.nan if s.first_seen is None else s.first_seen.timestamp() for s in known],
+                    dtype=np.float64,
+                ),
+                at[rows],
+            )
         return OnlineReputation(out, degraded=False)
 
     def push_label(
