@@ -146,6 +146,35 @@ def test_dataset_ready_trains_and_logs_everything_to_mlflow(
         kv.close()
 
 
+def _ray_children(pid: int) -> list[str]:
+    """Command lines of the Ray daemons among ``pid``'s child processes."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and "ray" in command:
+            found.append(command[:120])
+    return found
+
+
+def test_the_in_process_ray_is_stopped_after_the_search(
+    trainer_stack: PlatformSettings, first_training: tuple[DatasetReady, ModelTrained]
+) -> None:
+    # Idle, a local Ray node's daemons took ~5% of a core from serving (benchmark);
+    # SPAMOPS_TRAINER_RAY_KEEP_ALIVE keeps it.
+    row = next(r for r in local_stack.status(trainer_stack) if r.name == "trainer")
+    assert row.pid is not None
+    deadline = time.monotonic() + 30
+    while (left := _ray_children(row.pid)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not left, left
+
+
 def test_the_same_dataset_ready_twice_trains_once(
     trainer_stack: PlatformSettings, first_training: tuple[DatasetReady, ModelTrained]
 ) -> None:

@@ -34,6 +34,7 @@ def search_config(settings: TrainerSettings) -> SearchConfig:
         seed=settings.seed,
         ray_address=settings.ray_address,
         ray_num_cpus=settings.ray_num_cpus,
+        ray_keep_alive=settings.ray_keep_alive,
     )
 
 
