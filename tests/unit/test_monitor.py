@@ -40,7 +40,7 @@ from spamops_monitor.handlers import (
     on_verdict,
     tick,
 )
-from spamops_monitor.quality import LiveQuality, QualityMetrics
+from spamops_monitor.quality import Joined, LiveQuality, QualityMetrics
 from spamops_monitor.settings import MonitorSettings
 from spamops_monitor.state import StateStore
 from spamops_runtime.settings import PlatformSettings
@@ -657,3 +657,23 @@ def test_memory_levels_off_with_many_versions(tmp_path: Path) -> None:
 
     asyncio.run(load())
     assert list(profiles.profiles) == [4, 5]
+
+
+def test_a_label_before_its_verdict_joins_after_a_flush_and_from_another_instance(
+    tmp_path: Path,
+) -> None:
+    # The per-verdict early-label lookup is skipped while the database holds none;
+    # a label stored since (by this instance's flush or by another) must still join.
+    path = tmp_path / "state.sqlite"
+    one = LiveQuality(100, 50, StateStore(path, join_capacity=100, quality_window=50))
+    other = LiveQuality(100, 50, StateStore(path, join_capacity=100, quality_window=50))
+    assert one.verdict("a", "m", 1, "ham") is None  # no early label anywhere yet
+    one.store.flush()
+    assert one.label("b", "spam") is None  # label first, kept
+    one.store.flush()
+    assert one.verdict("b", "m", 1, "spam") == Joined("m", 1, True, True)
+    assert other.label("c", "ham") is None  # another instance, same state dir
+    other.store.flush()
+    assert one.verdict("x", "m", 1, "ham") is None
+    one.store.flush()  # the next flush interval reads the database again
+    assert one.verdict("c", "m", 1, "spam") == Joined("m", 1, True, False)
