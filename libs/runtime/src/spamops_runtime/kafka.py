@@ -228,6 +228,9 @@ def make_broker(platform: PlatformSettings, *, client_id: str, **kwargs: Any) ->
         "request_timeout_ms": 30_000,
         "graceful_timeout": 30.0,
         "logger": logging.getLogger(f"spamops.kafka.{client_id}"),
+        # FastStream's "Received"/"Processed" lines come per fetched batch: at DEBUG
+        # (SPAMOPS_LOG_LEVEL=DEBUG shows them), not two INFO lines a batch in every log.
+        "log_level": logging.DEBUG,
     }
     sasl = platform.kafka_client_options()
     if sasl:
