@@ -18,7 +18,7 @@ import mlflow
 import pytest
 import redis
 from spamops_cli import stack as local_stack
-from spamops_cli.stack.process import is_alive
+from spamops_cli.stack.process import cmdline, group_members, is_alive
 from spamops_features.mail import message_key, parse_email
 from spamops_features.pipeline import FeaturePipeline
 from spamops_runtime.kafka import H_ERROR_REASON
@@ -146,20 +146,10 @@ def test_dataset_ready_trains_and_logs_everything_to_mlflow(
         kv.close()
 
 
-def _ray_children(pid: int) -> list[str]:
-    """Command lines of the Ray daemons among ``pid``'s child processes."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid and "ray" in command:
-            found.append(command[:120])
-    return found
+def _ray_processes(pid: int) -> list[str]:
+    """Command lines of the Ray daemons in the process group of ``pid`` (the trainer's)."""
+    commands = [cmdline(member) for member in group_members(pid) if member != pid]
+    return [command[:120] for command in commands if "ray" in command]
 
 
 def test_the_in_process_ray_is_stopped_after_the_search(
@@ -170,7 +160,7 @@ def test_the_in_process_ray_is_stopped_after_the_search(
     row = next(r for r in local_stack.status(trainer_stack) if r.name == "trainer")
     assert row.pid is not None
     deadline = time.monotonic() + 30
-    while (left := _ray_children(row.pid)) and time.monotonic() < deadline:
+    while (left := _ray_processes(row.pid)) and time.monotonic() < deadline:
         time.sleep(1)
     assert not left, left
 
