@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from faststream.kafka import KafkaBroker
 from spamops_runtime.kafka import (
     H_ERROR_REASON,
     H_ORIGINAL_HEADERS,
@@ -107,6 +108,21 @@ def service_settings(settings: PlatformSettings, group: str) -> ServiceSettings:
     )
 
 
+def approvals_consumer(
+    stack: PlatformSettings,
+    topic: str,
+    group: str,
+    handler: Callable[[PromotionApproved, RecordContext], Awaitable[None]],
+) -> KafkaBroker:
+    """A broker with ``handler`` on ``topic``'s PromotionApproved events (batches of 50)."""
+    broker = make_broker(stack, client_id="it-delivery", graceful_timeout=5.0)
+    subscribe_events(
+        broker, topic=topic, event_cls=PromotionApproved, handler=handler,
+        settings=service_settings(stack, group), service="it-delivery", batch_max_records=50,
+    )  # fmt: skip
+    return broker
+
+
 async def test_poison_records_mid_batch_on_an_event_topic_each_end_handled_or_dead_lettered(
     stack: PlatformSettings,
 ) -> None:
@@ -124,11 +140,7 @@ async def test_poison_records_mid_batch_on_an_event_topic_each_end_handled_or_de
         records += [(value, headers), (_event(normal[-1]), [])]
     await produce(stack, topic, records)
 
-    broker = make_broker(stack, client_id="it-delivery", graceful_timeout=5.0)
-    subscribe_events(
-        broker, topic=topic, event_cls=PromotionApproved, handler=handler,
-        settings=service_settings(stack, group), service="it-delivery", batch_max_records=50,
-    )  # fmt: skip
+    broker = approvals_consumer(stack, topic, group, handler)
     async with broker:
         await broker.start()
         await wait_for(lambda: len(handled) >= len(normal) + 3)
@@ -154,11 +166,7 @@ async def test_json_nested_past_any_recursion_limit_is_dead_lettered_not_read_fo
 
     nested = b"[" * 100_000
     await produce(stack, topic, [(_event(1), []), (nested, []), (_event(3), [])])
-    broker = make_broker(stack, client_id="it-delivery", graceful_timeout=5.0)
-    subscribe_events(
-        broker, topic=topic, event_cls=PromotionApproved, handler=handler,
-        settings=service_settings(stack, group), service="it-delivery", batch_max_records=50,
-    )  # fmt: skip
+    broker = approvals_consumer(stack, topic, group, handler)
     async with broker:
         await broker.start()
         await wait_for(lambda: handled == [1, 3])
@@ -261,11 +269,7 @@ async def test_a_dead_letter_topic_that_refuses_writes_holds_the_commit_until_it
         handled.append(event.version)
 
     await produce(stack, topic, [(_event(1), []), (b"{not json", []), (_event(3), [])])
-    broker = make_broker(stack, client_id="it-delivery", graceful_timeout=5.0)
-    subscribe_events(
-        broker, topic=topic, event_cls=PromotionApproved, handler=handler,
-        settings=service_settings(stack, group), service="it-delivery", batch_max_records=50,
-    )  # fmt: skip
+    broker = approvals_consumer(stack, topic, group, handler)
     async with broker:
         await broker.start()
         await wait_for(lambda: handled == [1])
