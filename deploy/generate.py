@@ -132,11 +132,25 @@ SERVICES: tuple[ServiceSpec, ...] = (
         requests={"cpu": "500m", "memory": "1Gi"},
         limits={"cpu": "2", "memory": "3Gi"},
         talks_to=("kafka", "mlflow", "triton"),
+        # Secure mode: the bridge refuses to start without a secret and approvers, so
+        # both are required keys; `previous` is only set during a key rotation.
         extra_env=(
             {
                 "name": "SPAMOPS_APPROVAL_SECRET",
+                "valueFrom": {"secretKeyRef": {"name": "spamops-approval", "key": "secret"}},
+            },
+            {
+                "name": "SPAMOPS_REGISTRY_BRIDGE_APPROVERS",
+                "valueFrom": {"secretKeyRef": {"name": "spamops-approval", "key": "approvers"}},
+            },
+            {
+                "name": "SPAMOPS_APPROVAL_SECRET_PREVIOUS",
                 "valueFrom": {
-                    "secretKeyRef": {"name": "spamops-approval", "key": "secret", "optional": True}
+                    "secretKeyRef": {
+                        "name": "spamops-approval",
+                        "key": "previous",
+                        "optional": True,
+                    }
                 },
             },
         ),

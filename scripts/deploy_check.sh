@@ -91,8 +91,20 @@ for overlay in staging production; do
 done
 
 log "docker compose config"
-POSTGRES_PASSWORD=check SPAMOPS_APPROVAL_SECRET=check \
-  "$BIN/docker-compose" -f docker-compose.yml config --quiet
+compose_env=(POSTGRES_PASSWORD=check SPAMOPS_APPROVAL_SECRET=check 'SPAMOPS_APPROVERS=["alice"]')
+env "${compose_env[@]}" "$BIN/docker-compose" -f docker-compose.yml config --quiet
+# Unprotected approvals must not even get a configuration (issue 17).
+for missing in SPAMOPS_APPROVAL_SECRET SPAMOPS_APPROVERS; do
+  kept=()
+  for assignment in "${compose_env[@]}"; do
+    [[ $assignment == "$missing="* ]] || kept+=("$assignment")
+  done
+  if env -u "$missing" "${kept[@]}" "$BIN/docker-compose" -f docker-compose.yml config --quiet \
+      2>/dev/null; then
+    echo "docker-compose.yml accepted an unset $missing" >&2
+    exit 1
+  fi
+done
 
 log "tofu fmt -check terraform/"
 "$BIN/tofu" fmt -check -recursive -diff terraform

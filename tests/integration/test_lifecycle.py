@@ -280,15 +280,18 @@ def test_promotion_rollback_and_refused_approvals(
     with TritonRepositoryClient(bridge_stack.triton_http) as repo:
         assert repo.is_ready(production, 1)
 
-    # Refused: an unlisted approver, an unknown version. Nothing moves.
+    # Refused: an unlisted approver, an unknown version, and the v2 approval captured
+    # and re-sent byte for byte (a replay would roll production forward again). Nothing moves.
     refused = [
         PromotionApproved(model_name=MODEL, version=2, approved_by="mallory"),
         PromotionApproved(model_name=MODEL, version=99, approved_by="alice"),
+        approve_v2,
     ]
     asyncio.run(
         send(bridge_stack, "models.promotion-approved", [(MODEL, e.to_bytes()) for e in refused])
     )
-    for approval, reason in zip(refused, ("approver-not-allowed", "unknown-version"), strict=True):
+    reasons = ("approver-not-allowed", "unknown-version", "approval-replayed")
+    for approval, reason in zip(refused, reasons, strict=True):
 
         def is_it(e: object, wanted: PromotionApproved = approval) -> bool:
             return isinstance(e, PromotionApproved) and e.event_id == wanted.event_id

@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -44,7 +47,7 @@ from spamops_runtime.kafka import H_ERROR_REASON
 from spamops_runtime.replay import read_topic
 from spamops_runtime.settings import PlatformSettings
 from spamops_schemas import PromotionApproved
-from spamops_schemas.signing import sign_approval
+from spamops_schemas.signing import signed
 from spamops_schemas.topics import MODELS_TRAINED, PROMOTION_APPROVED
 
 from tests.integration.conftest import free_port_settings
@@ -79,14 +82,15 @@ def _as(settings: PlatformSettings, principal: str) -> PlatformSettings:
 
 
 def _approval(by: str = "alice", version: int = 7, secret: str | None = None) -> PromotionApproved:
-    return PromotionApproved(
+    event = PromotionApproved(
         producer="it-security",
         model_name=PlatformSettings().model_name,
         version=version,
         approved_by=by,
         reason="test",
-        signature=sign_approval(secret, "spam-detector", version, by) if secret else None,
+        expires_at=datetime.now(UTC) + timedelta(minutes=10),
     )
+    return signed(secret, event) if secret else event
 
 
 async def _produce(settings: PlatformSettings, topic: str, value: bytes) -> None:
@@ -260,6 +264,7 @@ def test_the_bridge_service_on_the_secure_stack_checks_signatures(
     refusals land on the .dlq, which the bridge's principal may write.
     """
     monkeypatch.setenv("SPAMOPS_APPROVAL_SECRET", APPROVAL_SECRET)
+    monkeypatch.setenv("SPAMOPS_REGISTRY_BRIDGE_APPROVERS", '["alice"]')
     began = time.monotonic()
     local_stack.up(secure, components=["mlflow", "registry-bridge"])
     START_SECONDS["mlflow+bridge"] = time.monotonic() - began
@@ -284,6 +289,25 @@ def test_the_bridge_service_on_the_secure_stack_checks_signatures(
     for name in principals():
         password = password_file(secure, name).read_text().strip()
         assert not any(password in text for text in texts), f"{name}'s password in a log"
+
+
+def test_the_bridge_refuses_to_start_in_secure_mode_without_approval_protection(
+    secure: PlatformSettings,
+) -> None:
+    """No secret (or an empty one, as compose's ${VAR:-} gives) or no approvers: exit 2."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPAMOPS_")} | _as(
+        secure, service_principal("registry-bridge")
+    ).to_env()
+    for extra in (
+        {"SPAMOPS_APPROVAL_SECRET": "", "SPAMOPS_REGISTRY_BRIDGE_APPROVERS": '["alice"]'},
+        {"SPAMOPS_APPROVAL_SECRET": APPROVAL_SECRET},
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "spamops_registry_bridge"],
+            env=env | extra, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert "secure mode refuses to start" in done.stdout + done.stderr
 
 
 # ------------------------------------------------------- 127.0.0.1 only

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -10,13 +11,18 @@ import pytest
 import xgboost as xgb
 from pydantic import SecretStr
 from spamops_registry_bridge.adapters import TAG_GATE, TAG_ONNX_SHA, VersionInfo
-from spamops_registry_bridge.handlers import BridgeDeps, check_approval, gate_failures
+from spamops_registry_bridge.handlers import (
+    BridgeDeps,
+    check_approval,
+    claim_approval,
+    gate_failures,
+)
 from spamops_registry_bridge.onnx_export import export_onnx, onnx_spam_probability
 from spamops_registry_bridge.settings import RegistryBridgeSettings
 from spamops_registry_bridge.triton_model import kubernetes_config, local_config
-from spamops_runtime.kafka import RejectRecord
+from spamops_runtime.kafka import RecordContext, RejectRecord
 from spamops_schemas import ClassificationMetrics, PromotionApproved
-from spamops_schemas.signing import sign_approval
+from spamops_schemas.signing import signed
 
 
 def metrics(f1: float, fpr: float) -> ClassificationMetrics:
@@ -89,9 +95,13 @@ def test_kubernetes_config_uses_the_onnxruntime_backend_with_the_same_tensors() 
 class FakeRegistry:
     versions: dict[int, VersionInfo] = field(default_factory=dict)
     model_name: str = "spam-detector"
+    claims: dict[str, str] = field(default_factory=dict)
 
     def version(self, version: int) -> VersionInfo | None:
         return self.versions.get(version)
+
+    def claim_approval(self, event_id: str, record_position: str) -> str:
+        return self.claims.setdefault(event_id, record_position)
 
 
 def deps_with(settings: RegistryBridgeSettings, versions: dict[int, VersionInfo]) -> BridgeDeps:
@@ -133,13 +143,87 @@ def test_refused_approvals_name_their_reason(
     assert caught.value.reason == reason
 
 
-def test_a_signed_approval_by_an_allowed_approver_is_accepted() -> None:
-    signature = sign_approval("s3cret", "spam-detector", 2, "alice")
+NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+SECURE = RegistryBridgeSettings(approvers=["alice"], approval_secret=SecretStr("s3cret"))
+
+
+def _signed(secret: str = "s3cret", issued: datetime = NOW, valid_s: float = 3600,
+            **fields: Any) -> PromotionApproved:  # fmt: skip
     event = PromotionApproved(
-        model_name="spam-detector", version=2, approved_by="alice", signature=signature
+        **{"model_name": "spam-detector", "version": 2, "approved_by": "alice", **fields},
+        occurred_at=issued,
+        expires_at=issued + timedelta(seconds=valid_s),
     )
-    settings = RegistryBridgeSettings(approvers=["alice"], approval_secret=SecretStr("s3cret"))
-    assert check_approval(event, deps_with(settings, {2: PASSED})) is PASSED
+    return signed(secret, event)
+
+
+def test_a_signed_approval_by_an_allowed_approver_is_accepted() -> None:
+    assert check_approval(_signed(), deps_with(SECURE, {2: PASSED}), now=NOW) is PASSED
+
+
+def test_the_previous_secret_is_accepted_during_a_rotation() -> None:
+    rotating = SECURE.model_copy(update={"approval_secret_previous": SecretStr("old")})
+    deps = deps_with(rotating, {2: PASSED})
+    assert check_approval(_signed("old"), deps, now=NOW) is PASSED
+    with pytest.raises(RejectRecord, match="signature"):
+        check_approval(_signed("old"), deps_with(SECURE, {2: PASSED}), now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("event", "now", "reason"),
+    [
+        (_signed(), NOW + timedelta(hours=2), "approval-expired"),
+        (_signed(), NOW - timedelta(hours=1), "approval-from-the-future"),
+        (_signed(valid_s=8 * 86_400), NOW, "approval-lifetime-too-long"),
+        (signed("s3cret", PromotionApproved(model_name="spam-detector", version=2,
+                                            approved_by="alice")), NOW, "approval-without-expiry"),
+        (_signed("not-the-secret"), NOW, "bad-signature"),
+    ],
+)  # fmt: skip
+def test_approvals_outside_their_time_window_or_unsigned_are_refused(
+    event: PromotionApproved, now: datetime, reason: str
+) -> None:
+    with pytest.raises(RejectRecord) as caught:
+        check_approval(event, deps_with(SECURE, {2: PASSED}), now=now)
+    assert caught.value.reason == reason
+
+
+def _record(offset: int) -> RecordContext:
+    return RecordContext(
+        topic="models.promotion-approved", partition=0, offset=offset, key="spam-detector",
+        headers={}, timestamp_ms=0, raw=b"",
+    )  # fmt: skip
+
+
+def test_a_replayed_approval_is_refused_and_a_redelivered_one_resumes() -> None:
+    """The same event id from another record is a replay; from the same record, a retry."""
+    deps = deps_with(SECURE, {2: PASSED})
+    approval = _signed()
+    claim_approval(approval, _record(7), deps)
+    claim_approval(approval, _record(7), deps)  # redelivered after a crash: resumes
+    with pytest.raises(RejectRecord) as caught:
+        claim_approval(approval, _record(12), deps)  # the captured bytes re-sent later
+    assert caught.value.reason == "approval-replayed"
+    assert "models.promotion-approved:0:7" in str(caught.value)
+
+
+@pytest.mark.parametrize("secret", [None, "", "  "])
+@pytest.mark.parametrize("approvers", [[], ["alice"]])
+def test_secure_mode_refuses_to_start_without_secret_and_approvers(
+    secret: str | None, approvers: list[str]
+) -> None:
+    from spamops_registry_bridge.app import UnsafeConfigurationError, check_approval_policy
+    from spamops_runtime.settings import PlatformSettings
+
+    secure = PlatformSettings(kafka_security_protocol="SASL_PLAINTEXT")
+    settings = RegistryBridgeSettings(platform=secure, approvers=approvers, approval_secret=secret)
+    assert settings.approval_secret is None  # an empty secret is no secret
+    with pytest.raises(UnsafeConfigurationError, match="APPROVAL_SECRET"):
+        check_approval_policy(settings)
+    ok = settings.model_copy(update={"approvers": ["alice"], "approval_secret": SecretStr("k")})
+    check_approval_policy(ok)
+    # A plain local stack keeps the convenience (and logs a warning).
+    check_approval_policy(settings.model_copy(update={"platform": PlatformSettings()}))
 
 
 def test_champion_metrics_are_computed_like_the_trainers() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timezone
 from uuid import uuid4
 
 import pytest
@@ -51,7 +51,7 @@ def test_event_type_and_version_cannot_be_forged() -> None:
         model_name="m", version=1, approved_by="a", event_type="Other", schema_version=9
     )
     assert event.event_type == "PromotionApproved"
-    assert event.schema_version == 1
+    assert event.schema_version == PromotionApproved.SCHEMA_VERSION
 
 
 def test_unknown_fields_are_ignored_on_read() -> None:
@@ -90,7 +90,7 @@ def test_hand_written_kcat_json_needs_only_the_payload() -> None:
     raw = b'{"model_name": "spam-detector", "version": 3, "approved_by": "alice"}'
     event = decode_event(raw, expected=PromotionApproved)
     assert event.version == 3
-    assert event.schema_version == 1
+    assert event.schema_version == PromotionApproved.SCHEMA_VERSION  # absent = current
     # An editor's UTF-8 byte-order mark is accepted, as json.loads accepts it.
     assert decode_event(b"\xef\xbb\xbf" + raw, expected=PromotionApproved).version == 3
 
@@ -168,15 +168,56 @@ def test_checked_in_json_schemas_are_fresh() -> None:
     )
 
 
-def test_approval_signature_verifies_and_detects_tampering() -> None:
-    from spamops_schemas.signing import sign_approval, verify_approval
+def test_approval_signature_covers_the_whole_approval() -> None:
+    """Every field that decides or identifies an approval is signed: none can be edited."""
+    from datetime import timedelta
 
-    signature = sign_approval("s3cret", "spam-detector", 4, "alice")
-    good = PromotionApproved(
-        model_name="spam-detector", version=4, approved_by="alice", signature=signature
+    from spamops_schemas.signing import signed, verify_approval
+
+    unsigned = PromotionApproved(
+        model_name="spam-detector", version=4, approved_by="alice", reason="better recall"
     )
+    good = signed("s3cret", unsigned.model_copy(update={
+        "expires_at": unsigned.occurred_at + timedelta(hours=1)
+    }))  # fmt: skip
     assert verify_approval("s3cret", good)
+    assert verify_approval(["old", "s3cret"], good)  # key rotation: either secret
     assert not verify_approval("other", good)
-    forged = good.model_copy(update={"version": 5})
-    assert not verify_approval("s3cret", forged)
+    assert not verify_approval("", good)
     assert not verify_approval("s3cret", good.model_copy(update={"signature": None}))
+    edits: dict[str, object] = {
+        "model_name": "other", "version": 5, "approved_by": "mallory", "reason": "",
+        "event_id": uuid4(),  # a captured approval re-sent under a new id
+        "occurred_at": good.occurred_at + timedelta(seconds=1),
+        "expires_at": good.expires_at + timedelta(days=30),  # type: ignore[operator]
+    }  # fmt: skip
+    for name, value in edits.items():
+        assert not verify_approval("s3cret", good.model_copy(update={name: value})), name
+    # The same instant written with another offset is the same approval.
+    shifted = good.occurred_at.astimezone(timezone(timedelta(hours=5)))
+    assert verify_approval("s3cret", good.model_copy(update={"occurred_at": shifted}))
+    # Through Kafka's bytes and back it still verifies.
+    assert verify_approval("s3cret", PromotionApproved.from_bytes(good.to_bytes()))
+
+
+def test_an_empty_secret_signs_nothing() -> None:
+    from spamops_schemas.signing import sign_approval
+
+    with pytest.raises(ValueError, match="empty secret"):
+        sign_approval("", PromotionApproved(model_name="m", version=1, approved_by="a"))
+
+
+def test_a_v1_approval_is_upcast_without_expiry_and_its_old_signature_fails() -> None:
+    from spamops_schemas.signing import verify_approval
+
+    v1 = {
+        "event_type": "PromotionApproved", "schema_version": 1, "producer": "old-cli",
+        "event_id": "0b6f1c1e-8f8e-4f5e-9a84-3b7c2d1e0f11",
+        "occurred_at": "2026-11-01T10:00:00+00:00", "correlation_id": "c",
+        "model_name": "spam-detector", "version": 4, "approved_by": "alice", "reason": "",
+        # HMAC of "spam-detector|4|alice": what v1 signed.
+        "signature": "f" * 64,
+    }  # fmt: skip
+    event = PromotionApproved.from_bytes(json.dumps(v1))
+    assert event.schema_version == 2 and event.expires_at is None
+    assert not verify_approval("s3cret", event)

@@ -220,6 +220,40 @@ def test_each_service_gets_its_own_principal_and_only_a_file(
     assert "SPAMOPS_KAFKA_SASL_USERNAME" not in env
 
 
+def test_the_local_secure_bridge_gets_an_approval_key_file_and_approvers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Secure mode refuses an unprotected bridge, so the local stack provides both."""
+    from spamops_cli.stack.services import RegistryBridge
+    from spamops_registry_bridge.app import check_approval_policy
+    from spamops_registry_bridge.settings import RegistryBridgeSettings
+
+    monkeypatch.delenv("SPAMOPS_APPROVAL_SECRET", raising=False)
+    monkeypatch.delenv("SPAMOPS_REGISTRY_BRIDGE_APPROVERS", raising=False)
+    monkeypatch.setenv("USER", "carol")
+    settings = _secure(tmp_path)
+    env = RegistryBridge(settings, StackPaths.from_settings(settings)).env()
+    key = Path(env["SPAMOPS_APPROVAL_SECRET_FILE"])
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_text().strip()) == 64
+    assert json.loads(env["SPAMOPS_REGISTRY_BRIDGE_APPROVERS"]) == ["carol", "on-call"]
+    assert "SPAMOPS_APPROVAL_SECRET" not in env  # a path, never the key
+    plain = PlatformSettings(home=tmp_path / "plain")
+    assert (
+        "SPAMOPS_APPROVAL_SECRET_FILE"
+        not in RegistryBridge(plain, StackPaths.from_settings(plain)).env()
+    )
+    for name, value in env.items():
+        if name.startswith("SPAMOPS_"):
+            monkeypatch.setenv(name, value)
+    bridge = RegistryBridgeSettings()
+    assert bridge.approval_secrets() == [key.read_text().strip()]
+    check_approval_policy(bridge)  # starts
+    # What the caller sets wins.
+    monkeypatch.setenv("SPAMOPS_REGISTRY_BRIDGE_APPROVERS", '["dave"]')
+    env = RegistryBridge(settings, StackPaths.from_settings(settings)).env()
+    assert env["SPAMOPS_REGISTRY_BRIDGE_APPROVERS"] == '["dave"]'
+
+
 def test_an_admin_password_in_the_settings_seeds_the_stack(tmp_path: Path) -> None:
     settings = _secure(
         tmp_path, kafka_sasl_username="admin", kafka_sasl_password=SecretStr("chosen-pw")

@@ -667,20 +667,50 @@ def redrive(
         )
 
 
-def _approval(model: str, version: int, by: str, reason: str) -> PromotionApproved:
-    """A PromotionApproved, signed when SPAMOPS_APPROVAL_SECRET is set."""
-    from spamops_schemas import PromotionApproved
-    from spamops_schemas.signing import sign_approval
+def _approval(
+    model: str, version: int, by: str, reason: str, valid_for_s: float = 3600.0
+) -> PromotionApproved:
+    """A PromotionApproved valid for ``valid_for_s``, signed when SPAMOPS_APPROVAL_SECRET is set.
 
-    secret = os.environ.get("SPAMOPS_APPROVAL_SECRET")
-    return PromotionApproved(
+    The signature covers the whole approval, its event id and expiry included, so it
+    can be neither edited nor re-sent (spamops_schemas.signing).
+    """
+    from datetime import UTC, datetime, timedelta
+
+    from spamops_schemas import PromotionApproved
+    from spamops_schemas.signing import signed
+
+    issued = datetime.now(UTC)
+    event = PromotionApproved(
         producer="spamops-cli",
+        occurred_at=issued,
         model_name=model,
         version=version,
         approved_by=by,
         reason=reason,
-        signature=sign_approval(secret, model, version, by) if secret else None,
+        expires_at=issued + timedelta(seconds=valid_for_s),
     )
+    secret = _approval_secret()
+    return signed(secret, event) if secret else event
+
+
+def _approval_secret() -> str:
+    """SPAMOPS_APPROVAL_SECRET, else its file, else the local secure stack's key; "" if none."""
+    secret = os.environ.get("SPAMOPS_APPROVAL_SECRET", "").strip()
+    if secret:
+        return secret
+    path = os.environ.get("SPAMOPS_APPROVAL_SECRET_FILE")
+    if not path:
+        from spamops_cli.stack.secrets import is_secure_state, secrets_dir
+
+        settings = PlatformSettings()
+        if not is_secure_state(settings):
+            return ""
+        path = str(secrets_dir(settings) / "approval.key")
+    try:
+        return Path(path).read_text("utf-8").strip()
+    except OSError:
+        return ""
 
 
 @app.command()
@@ -743,13 +773,18 @@ def approve(
     version: Annotated[int, typer.Argument(help="Version to serve in production.")],
     by: Annotated[str, typer.Option("--by", help="Who approves.")],
     reason: Annotated[str, typer.Option(help="Why.")] = "",
+    valid_for: Annotated[
+        float, typer.Option(help="Seconds the approval stays valid (the bridge's maximum: 1 day).")
+    ] = 3600.0,
 ) -> None:
-    """Send PromotionApproved (signed when SPAMOPS_APPROVAL_SECRET is set)."""
+    """Send PromotionApproved (signed when SPAMOPS_APPROVAL_SECRET is set; it expires)."""
     from spamops_cli.kafka_io import send_events
 
     if version < 1:
         raise _fail("version must be >= 1", 2)
-    event = _approval(model, version, by, reason)
+    if valid_for <= 0:
+        raise _fail("--valid-for must be > 0 seconds", 2)
+    event = _approval(model, version, by, reason, valid_for)
     _run(send_events(_settings(), [event]))
     out.print(f"sent PromotionApproved {model} v{version} by {by} ({event.event_id})")
 

@@ -129,17 +129,30 @@ class ModelRejected(Event):
 
 
 class PromotionApproved(Event):
-    """A person (or CI) approves moving a version to production; rollback included."""
+    """A person (or CI) approves moving a version to production; rollback included.
+
+    v2 signs the whole approval (``spamops_schemas.signing``): model, version, approver,
+    reason, event id, issued-at (``occurred_at``) and expiry. v1 signed only
+    ``model|version|approved_by``, so a captured approval could be re-sent under a new
+    event id; a v1 record is upcast without an expiry and refused where signatures are
+    required.
+    """
 
     EVENT_TYPE: ClassVar[str] = "PromotionApproved"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
 
     model_name: str = Field(description="MLflow registered model name.")
     version: int = Field(gt=0, description="Version to serve in production.")
     approved_by: str = Field(min_length=1, description="Who approves.")
     reason: str = Field(default="", description="Why.")
+    expires_at: AwareDatetime | None = Field(
+        default=None,
+        description="After this instant the approval is refused (required when signed).",
+    )
     signature: str | None = Field(
-        default=None, description="HMAC-SHA256 hex of model_name|version|approved_by."
+        default=None,
+        description="HMAC-SHA256 hex of the approval's canonical encoding "
+        "(spamops_schemas.signing.approval_message).",
     )
 
 

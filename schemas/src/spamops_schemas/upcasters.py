@@ -43,3 +43,16 @@ def _email_labeled_v1_to_v2(payload: Payload) -> Payload:
         upgraded["label"] = "spam" if is_spam else "ham"
     upgraded["schema_version"] = 2
     return upgraded
+
+
+@upcaster("PromotionApproved", from_version=1)
+def _promotion_approved_v1_to_v2(payload: Payload) -> Payload:
+    """v1 had no expiry and signed only model|version|approver: it keeps no expiry.
+
+    Its signature cannot be carried over (v2 signs more), so a bridge that requires
+    signatures refuses it with ``bad-signature``; an unsigned local stack still accepts it.
+    """
+    upgraded = dict(payload)
+    upgraded.setdefault("expires_at", None)
+    upgraded["schema_version"] = 2
+    return upgraded

@@ -81,3 +81,11 @@ def read_password(settings: PlatformSettings, principal: str) -> str:
 def as_local_user(settings: PlatformSettings, principal: str = ADMIN) -> PlatformSettings:
     """``settings`` authenticating to the local Kafka as ``principal`` (its password file)."""
     return settings.as_kafka_user(principal, password_file(settings, principal))
+
+
+def approval_key_file(settings: PlatformSettings) -> Path:
+    """The local secure stack's HMAC key for promotion approvals (created when missing)."""
+    path = secrets_dir(settings) / "approval.key"
+    if not path.is_file():
+        write_private(path, secrets.token_hex(32) + "\n")
+    return path

@@ -8,6 +8,8 @@ broker connected, subscribers consuming).
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import sys
 from typing import ClassVar
@@ -102,6 +104,26 @@ class RegistryBridge(Service):
 
     name = "registry-bridge"
     module = "spamops_registry_bridge"
+
+    def env(self) -> dict[str, str]:
+        """On a secure stack: the approval key's file and the approvers, unless the caller set them.
+
+        Secure mode refuses to start without both; the local defaults are the stack's own
+        key (``<state>/secrets/approval.key``, which `spamops approve` signs with) and the
+        local user plus ``on-call`` (the drift scenario's approver).
+        """
+        env = super().env()
+        if not self.settings.kafka_secure:
+            return env
+        if not env.get("SPAMOPS_APPROVAL_SECRET", "").strip():
+            env.pop("SPAMOPS_APPROVAL_SECRET", None)
+            env.setdefault(
+                "SPAMOPS_APPROVAL_SECRET_FILE", str(secrets.approval_key_file(self.settings))
+            )
+        if not env.get("SPAMOPS_REGISTRY_BRIDGE_APPROVERS", "").strip():
+            user = os.environ.get("USER") or "local-user"
+            env["SPAMOPS_REGISTRY_BRIDGE_APPROVERS"] = json.dumps([user, "on-call"])
+        return env
 
 
 class Inference(Service):

@@ -1,8 +1,16 @@
 """Entry point: ``python -m spamops_registry_bridge``."""
 
+import logging
+import sys
+
 from spamops_runtime.service import run_app
 
-from spamops_registry_bridge.app import build_app
+from spamops_registry_bridge.app import UnsafeConfigurationError, build_app
 
 if __name__ == "__main__":
-    run_app(build_app())
+    try:
+        app = build_app()
+    except UnsafeConfigurationError as exc:
+        logging.getLogger("spamops_registry_bridge").error(str(exc))
+        sys.exit(2)
+    run_app(app)

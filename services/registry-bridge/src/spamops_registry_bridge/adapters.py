@@ -43,6 +43,8 @@ TAG_PROMOTION_EVENT = "spamops.promotion_event_id"
 # moves, so an interrupted promotion resumes with the same previous version.
 TAG_PROMOTION_PREVIOUS = "spamops.promotion_previous"
 RUN_TAG_REJECTED = "spamops.model_rejected"
+# Registered-model tag per consumed approval: "<topic>:<partition>:<offset>" of its record.
+TAG_APPROVAL_PREFIX = "spamops.approval."
 PARITY_ARTIFACT = "parity/test_sample.npz"
 
 
@@ -133,6 +135,20 @@ class MlflowRegistry:
     def set_alias(self, alias: str, version: int) -> None:
         """Point an alias at a version."""
         self._client.set_registered_model_alias(self.model_name, alias, str(version))
+
+    def claim_approval(self, event_id: str, record_position: str) -> str:
+        """Record that ``event_id`` was consumed from ``record_position``; returns the holder.
+
+        The first record to claim an approval keeps it (stored in MLflow with the model,
+        so a restarted or another bridge instance knows it). The same record coming back
+        after a crash gets its own position back; a copy re-sent later gets another.
+        """
+        key = f"{TAG_APPROVAL_PREFIX}{event_id}"
+        tags = self._client.get_registered_model(self.model_name).tags or {}
+        if key in tags:
+            return str(tags[key])
+        self._client.set_registered_model_tag(self.model_name, key, record_position)
+        return record_position
 
     def registered_versions(self) -> list[int]:
         """Every version number, ascending."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 
 from faststream import FastStream
@@ -20,11 +21,35 @@ from spamops_registry_bridge.handlers import (
 )
 from spamops_registry_bridge.settings import RegistryBridgeSettings
 
+logger = logging.getLogger(__name__)
+
+
+class UnsafeConfigurationError(RuntimeError):
+    """A setting secure mode may not run with (the service refuses to start)."""
+
+
+def check_approval_policy(settings: RegistryBridgeSettings) -> None:
+    """Secure mode (Kafka SASL: ``--secure``, compose, Kubernetes) needs protected approvals.
+
+    A plain local stack keeps the convenience of unsigned approvals, and says so.
+    """
+    problems = settings.approval_problems()
+    if not problems:
+        return
+    if settings.platform.kafka_secure:
+        raise UnsafeConfigurationError("secure mode refuses to start: " + "; ".join(problems))
+    logger.warning(
+        "promotion approvals are not protected (plain local stack only; secure mode, "
+        "compose and Kubernetes refuse to start like this)",
+        extra={"problems": problems},
+    )
+
 
 def build_app(settings: RegistryBridgeSettings | None = None) -> FastStream:
     """Bootstrap: build the broker and register the handlers with their dependencies."""
     settings = settings or RegistryBridgeSettings()
     broker = service_broker(SERVICE, settings)
+    check_approval_policy(settings)
     platform = settings.platform
 
     async def publish(event: Event) -> None:

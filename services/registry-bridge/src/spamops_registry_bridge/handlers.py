@@ -18,6 +18,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from spamops_runtime.kafka import RecordContext, RejectRecord, is_transient
@@ -310,8 +311,14 @@ async def on_model_trained(event: ModelTrained, record: RecordContext, deps: Bri
 
 
 # -------------------------------------------------------- PromotionApproved
-def check_approval(event: PromotionApproved, deps: BridgeDeps) -> VersionInfo:
-    """Refuse (RejectRecord) what may not be promoted; returns the version to promote."""
+def check_approval(
+    event: PromotionApproved, deps: BridgeDeps, now: datetime | None = None
+) -> VersionInfo:
+    """Refuse (RejectRecord) what may not be promoted; returns the version to promote.
+
+    With a secret the signature must cover the whole approval (current or previous
+    secret, for key rotation) and carry an expiry; an expiry is enforced either way.
+    """
     settings, registry = deps.settings, deps.registry
     if event.model_name != registry.model_name:
         raise RejectRecord("unknown-model", f"no registered model {event.model_name!r} here")
@@ -319,9 +326,10 @@ def check_approval(event: PromotionApproved, deps: BridgeDeps) -> VersionInfo:
         raise RejectRecord(
             "approver-not-allowed", f"{event.approved_by!r} may not approve promotions"
         )
-    secret = settings.approval_secret
-    if secret is not None and not verify_approval(secret.get_secret_value(), event):
+    secrets = settings.approval_secrets()
+    if secrets and not verify_approval(secrets, event):
         raise RejectRecord("bad-signature", "the approval's HMAC signature is missing or wrong")
+    check_validity(event, settings, now or datetime.now(UTC), signed=bool(secrets))
     info = registry.version(event.version)
     if info is None:
         raise RejectRecord("unknown-version", f"{event.model_name} has no version {event.version}")
@@ -330,6 +338,46 @@ def check_approval(event: PromotionApproved, deps: BridgeDeps) -> VersionInfo:
             "gate-not-passed", f"version {event.version} did not pass the gate and parity check"
         )
     return info
+
+
+def check_validity(
+    event: PromotionApproved, settings: RegistryBridgeSettings, now: datetime, signed: bool
+) -> None:
+    """The approval's time window: issued not in the future, not expired, not too long."""
+    skew = timedelta(seconds=settings.approval_clock_skew_s)
+    if event.expires_at is None:
+        if signed:
+            raise RejectRecord("approval-without-expiry", "a signed approval must carry expires_at")
+        return
+    if event.occurred_at > now + skew:
+        raise RejectRecord(
+            "approval-from-the-future",
+            f"issued at {event.occurred_at.isoformat()}, after now ({now.isoformat()})",
+        )
+    if event.expires_at <= now - skew:
+        raise RejectRecord(
+            "approval-expired", f"the approval expired at {event.expires_at.isoformat()}"
+        )
+    lifetime = (event.expires_at - event.occurred_at).total_seconds()
+    if lifetime > settings.approval_max_lifetime_s:
+        raise RejectRecord(
+            "approval-lifetime-too-long",
+            f"valid for {lifetime:.0f} s, at most {settings.approval_max_lifetime_s:.0f} s",
+        )
+
+
+def claim_approval(event: PromotionApproved, record: RecordContext, deps: BridgeDeps) -> None:
+    """Refuse an approval already consumed from another record (a replay); persisted in MLflow.
+
+    The same record redelivered after a crash holds its own claim and resumes.
+    """
+    position = f"{record.topic}:{record.partition}:{record.offset}"
+    holder = deps.registry.claim_approval(str(event.event_id), position)
+    if holder != position:
+        raise RejectRecord(
+            "approval-replayed",
+            f"approval {event.event_id} was already consumed from record {holder}",
+        )
 
 
 def _previous_production(
@@ -343,10 +391,13 @@ def _previous_production(
     return registry.alias_version(PRODUCTION)
 
 
-def promote(event: PromotionApproved, deps: BridgeDeps) -> ModelPromoted | None:
+def promote(
+    event: PromotionApproved, record: RecordContext, deps: BridgeDeps
+) -> ModelPromoted | None:
     """The blocking part of PromotionApproved; None when this approval was already applied."""
     registry, settings = deps.registry, deps.settings
     info = check_approval(event, deps)
+    claim_approval(event, record, deps)
     if info.tags.get(TAG_PROMOTION_EVENT) == str(event.event_id):
         return None
     previous = _previous_production(event, info, registry)
@@ -385,7 +436,7 @@ async def on_promotion_approved(
     event: PromotionApproved, record: RecordContext, deps: BridgeDeps
 ) -> None:
     """PromotionApproved -> Triton production ready -> alias production -> ModelPromoted."""
-    promoted = await asyncio.to_thread(promote, event, deps)
+    promoted = await asyncio.to_thread(promote, event, record, deps)
     if promoted is None:
         logger.info("approval already applied: nothing to do", extra={"version": event.version})
         return

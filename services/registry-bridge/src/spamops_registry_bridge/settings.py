@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 from spamops_runtime.settings import ServiceSettings
 
@@ -40,15 +42,80 @@ class RegistryBridgeSettings(ServiceSettings):
     # Promotion
     approvers: list[str] = Field(
         default_factory=list,
-        description="Who may approve a promotion (JSON list); empty = anyone named.",
+        description="Who may approve a promotion (JSON list); empty = anyone named "
+        "(refused at start in secure mode).",
     )
     approval_secret: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices(
             "SPAMOPS_APPROVAL_SECRET", "SPAMOPS_REGISTRY_BRIDGE_APPROVAL_SECRET"
         ),
-        description="HMAC secret; when set, approvals must carry a valid signature.",
+        description="HMAC secret; when set, approvals must carry a valid signature and an "
+        "expiry. Empty = unset (an empty key would let anyone sign).",
     )
+    approval_secret_file: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "SPAMOPS_APPROVAL_SECRET_FILE", "SPAMOPS_REGISTRY_BRIDGE_APPROVAL_SECRET_FILE"
+        ),
+        description="File holding the HMAC secret (wins over approval_secret): a child "
+        "process gets the path, never the key.",
+    )
+    approval_secret_previous: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "SPAMOPS_APPROVAL_SECRET_PREVIOUS", "SPAMOPS_REGISTRY_BRIDGE_APPROVAL_SECRET_PREVIOUS"
+        ),
+        description="The secret being rotated out: also accepted until it is removed.",
+    )
+    approval_max_lifetime_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="Longest an approval may be valid (expires_at - issued-at).",
+    )
+    approval_clock_skew_s: float = Field(
+        default=300.0, ge=0, description="Tolerated clock difference with the approver."
+    )
+
+    @field_validator("approval_secret", "approval_secret_previous", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # docker compose's ${VAR:-} passes "" for an unset variable: never a key.
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, SecretStr) and not value.get_secret_value().strip():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _secret_from_file(self) -> RegistryBridgeSettings:
+        if self.approval_secret_file is not None:
+            try:
+                text = self.approval_secret_file.expanduser().read_text("utf-8").strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"cannot read the approval secret file {self.approval_secret_file}: "
+                    f"{exc.strerror}"
+                ) from None
+            object.__setattr__(self, "approval_secret", SecretStr(text) if text else None)
+        return self
+
+    def approval_secrets(self) -> list[str]:
+        """The secrets a signature may be made with (current first, then the previous)."""
+        return [
+            secret.get_secret_value()
+            for secret in (self.approval_secret, self.approval_secret_previous)
+            if secret is not None
+        ]
+
+    def approval_problems(self) -> list[str]:
+        """Why promotions would be unprotected; in secure mode the bridge refuses to start."""
+        problems = []
+        if self.approval_secret is None:
+            problems.append("SPAMOPS_APPROVAL_SECRET is unset or empty (approvals unsigned)")
+        if not self.approvers:
+            problems.append("SPAMOPS_REGISTRY_BRIDGE_APPROVERS is empty (anyone may approve)")
+        return problems
 
     def triton_name(self, alias: str) -> str:
         """Triton model serving an alias: ``<model>-staging`` / ``<model>-production``."""
