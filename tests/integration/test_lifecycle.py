@@ -39,6 +39,7 @@ from spamops_schemas import (
     ModelTrained,
     PromotionApproved,
 )
+from spamops_schemas.registry import MODEL_FILE_ARTIFACT, RUN_TAG_MODEL_SHA256
 
 from tests.integration.conftest import StackFactory
 from tests.integration.helpers import events_on, sample_email, send, spamops
@@ -208,6 +209,49 @@ def test_replaying_model_trained_registers_nothing_new(
     client = mlflow.MlflowClient(bridge_stack.mlflow_uri)
     assert [int(v.version) for v in client.search_model_versions(f"name = '{MODEL}'")] == [1]
     assert len(wait_for(bridge_stack, "models.registered", ModelRegistered)) == 1
+
+
+def test_only_data_of_this_experiment_crosses_the_registry(
+    bridge_stack: PlatformSettings,
+    registered_v1: tuple[ModelTrained, ModelRegistered, float],
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    """A run of another experiment, or a model file changed after training: dead letters."""
+    trained, _, _ = registered_v1
+    client = mlflow.MlflowClient(bridge_stack.mlflow_uri)
+    elsewhere = client.create_run(client.create_experiment(f"elsewhere-{uuid.uuid4().hex[:8]}"))
+    foreign = trained.model_copy(update={
+        "event_id": uuid.uuid4(), "run_id": elsewhere.info.run_id,
+        "model_uri": f"runs:/{elsewhere.info.run_id}/model",
+    })  # fmt: skip
+    # The trained run's model file, overwritten with other bytes (its recorded sha256 stays).
+    tampered_run = client.create_run(
+        client.get_run(trained.run_id).info.experiment_id, tags={
+            RUN_TAG_MODEL_SHA256: client.get_run(trained.run_id).data.tags[RUN_TAG_MODEL_SHA256]
+        },
+    )  # fmt: skip
+    fake = tmp_path / Path(MODEL_FILE_ARTIFACT).name
+    fake.write_bytes(b"not the trained booster")
+    client.log_artifact(tampered_run.info.run_id, str(fake), str(Path(MODEL_FILE_ARTIFACT).parent))
+    tampered = trained.model_copy(update={
+        "event_id": uuid.uuid4(), "run_id": tampered_run.info.run_id,
+        "model_uri": f"runs:/{tampered_run.info.run_id}/model",
+    })  # fmt: skip
+    events = [foreign, tampered]
+    asyncio.run(send(bridge_stack, "models.trained", [(e.run_id, e.to_bytes()) for e in events]))
+    for event, reason in zip(
+        events, ("model-outside-experiment", "model-file-mismatch"), strict=True
+    ):
+
+        def is_it(e: object, wanted: ModelTrained = event) -> bool:
+            return isinstance(e, ModelTrained) and e.event_id == wanted.event_id
+
+        [(_, headers)] = asyncio.run(events_on(bridge_stack, "models.trained.dlq", is_it))
+        assert headers[H_ERROR_REASON] == reason
+    for run in (elsewhere, tampered_run):  # nothing registered from either
+        assert not client.search_model_versions(
+            f"name = '{MODEL}' and run_id = '{run.info.run_id}'"
+        )
 
 
 def test_a_model_under_the_gate_is_rejected_and_not_registered(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import xgboost as xgb
 from pydantic import SecretStr
-from spamops_registry_bridge.adapters import TAG_GATE, TAG_ONNX_SHA, VersionInfo
+from spamops_registry_bridge.adapters import VersionInfo
 from spamops_registry_bridge.handlers import (
     BridgeDeps,
     check_approval,
@@ -22,6 +22,7 @@ from spamops_registry_bridge.settings import RegistryBridgeSettings
 from spamops_registry_bridge.triton_model import kubernetes_config, local_config
 from spamops_runtime.kafka import RecordContext, RejectRecord
 from spamops_schemas import ClassificationMetrics, PromotionApproved
+from spamops_schemas.registry import TAG_GATE, TAG_ONNX_SHA
 from spamops_schemas.signing import signed
 
 
@@ -275,3 +276,82 @@ def trained_event(run_id: str) -> Any:
         metrics=metrics(0.95, 0.005), best_params={}, feature_spec_version="1",
         n_features=527, training_seconds=1.0,
     )  # fmt: skip
+
+
+# ------------------------------------------------- only data crosses the registry
+@dataclass
+class RunsRegistry(FakeRegistry):
+    """Runs by id: (experiment name, model file bytes, recorded sha256); logged models."""
+
+    runs: dict[str, tuple[str, bytes, str | None]] = field(default_factory=dict)
+    logged: dict[str, str] = field(default_factory=dict)
+
+    def run_experiment_name(self, run_id: str) -> str | None:
+        return self.runs[run_id][0] if run_id in self.runs else None
+
+    def logged_model_run(self, model_id: str) -> str | None:
+        return self.logged.get(model_id)
+
+    def model_file(self, run_id: str) -> tuple[bytes, str | None]:
+        if run_id not in self.runs:
+            raise OSError(f"no artifact for {run_id}")
+        _, data, recorded = self.runs[run_id]
+        return data, recorded
+
+
+def _booster_bytes() -> bytes:
+    rng = np.random.default_rng(1)
+    x = rng.random((200, 6), dtype=np.float32)
+    model = xgb.XGBClassifier(n_estimators=5, max_depth=2).fit(x, (x[:, 0] > 0.5).astype(int))
+    return bytes(model.get_booster().save_raw("ubj"))
+
+
+def test_a_model_from_another_experiment_or_run_is_refused() -> None:
+    from spamops_registry_bridge.handlers import check_model_source
+
+    good = _booster_bytes()
+    registry = RunsRegistry(
+        runs={"run-1": ("spam-detector", good, "x"), "run-9": ("elsewhere", good, "x")},
+        logged={"m-1": "run-1", "m-9": "run-9"},
+    )
+    deps = BridgeDeps(registry=registry, triton=None, publish=None, settings=SETTINGS)  # type: ignore[arg-type]
+    check_model_source(trained_event("run-1"), deps)  # models:/m-1, logged by run-1
+    check_model_source(
+        trained_event("run-1").model_copy(update={"model_uri": "runs:/run-1/model"}), deps
+    )
+    cases = [
+        trained_event("run-9").model_copy(update={"model_uri": "models:/m-9"}),  # other experiment
+        trained_event("run-404"),  # no such run
+        trained_event("run-1").model_copy(update={"model_uri": "models:/m-9"}),  # another run's
+        trained_event("run-1").model_copy(update={"model_uri": "runs:/run-9/model"}),
+        trained_event("run-1").model_copy(update={"model_uri": "file:///tmp/evil"}),
+    ]
+    for event in cases:
+        with pytest.raises(RejectRecord) as caught:
+            check_model_source(event, deps)
+        assert caught.value.reason == "model-outside-experiment", event.model_uri
+
+
+def test_the_model_file_must_match_the_sha256_the_trainer_recorded() -> None:
+    from spamops_registry_bridge.adapters import MlflowRegistry, sha256_hex
+    from spamops_registry_bridge.handlers import checked_model_file
+
+    good = _booster_bytes()
+    registry = RunsRegistry(
+        runs={
+            "ok": ("spam-detector", good, sha256_hex(good)),
+            "tampered": ("spam-detector", good + b"\0", sha256_hex(good)),
+            "unrecorded": ("spam-detector", good, None),
+        }
+    )
+    data = checked_model_file(trained_event("ok"), registry)  # type: ignore[arg-type]
+    model = MlflowRegistry.load_xgboost(data)  # data only: a plain booster file
+    assert model.predict_proba(np.zeros((1, 6), dtype=np.float32)).shape == (1, 2)
+    for run, reason in [
+        ("tampered", "model-file-mismatch"),
+        ("unrecorded", "model-file-mismatch"),
+        ("missing", "model-file-missing"),
+    ]:
+        with pytest.raises(RejectRecord) as caught:
+            checked_model_file(trained_event(run), registry)  # type: ignore[arg-type]
+        assert caught.value.reason == reason

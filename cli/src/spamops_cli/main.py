@@ -433,6 +433,7 @@ def _with_trial_progress(settings: PlatformSettings, dataset_event_id: str, wait
 
     import mlflow
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from spamops_schemas.registry import RUN_TAG_PROGRESS
 
     stop = threading.Event()
 
@@ -449,7 +450,7 @@ def _with_trial_progress(settings: PlatformSettings, dataset_event_id: str, wait
             except Exception as exc:  # MLflow busy: the bar just waits
                 logging.getLogger(__name__).debug("progress poll failed: %s", exc)
                 continue
-            tag = runs[0].data.tags.get("spamops.trials_done") if runs else None
+            tag = runs[0].data.tags.get(RUN_TAG_PROGRESS) if runs else None
             if tag and "/" in tag:
                 done, total = (int(x) for x in tag.split("/", 1))
                 label = "Ray Tune trials" if done < total else "final model, MLflow logging"

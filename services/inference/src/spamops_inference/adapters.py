@@ -11,13 +11,13 @@ import numpy as np
 from spamops_features.pipeline import FeaturePipeline
 from spamops_runtime.model_registry import serving_aliases
 from spamops_schemas import ModelTrained
+from spamops_schemas.registry import PIPELINE_ARTIFACT
+from spamops_schemas.registry import RUN_TAG_MODEL_TRAINED as TAG_MODEL_TRAINED
 
 from spamops_inference.serving import ServingModel
 
 logger = logging.getLogger(__name__)
 
-TAG_MODEL_TRAINED = "spamops.model_trained"  # the trainer keeps its ModelTrained on the run
-PIPELINE_ARTIFACT = "feature_pipeline"
 TRITON_INPUT = "input"
 TRITON_OUTPUT = "spam_probability"
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from spamops_runtime.model_registry import serving_aliases
 from spamops_schemas import DriftDetected
+from spamops_schemas.registry import PARITY_ARTIFACT, PIPELINE_ARTIFACT, TAG_RUN
 
 from spamops_monitor.drift import (
     DRIFT_COLUMNS,
@@ -32,10 +33,6 @@ from spamops_monitor.drift import (
 from spamops_monitor.metrics import PROFILE_UNAVAILABLE, WEBHOOK
 
 logger = logging.getLogger(__name__)
-
-TAG_RUN = "spamops.run_id"  # set by the registry-bridge on every version
-PIPELINE_ARTIFACT = "feature_pipeline"
-PARITY_ARTIFACT = "parity/test_sample.npz"
 
 
 class ProfileUnavailableError(Exception):

@@ -19,33 +19,20 @@ from spamops_runtime.triton_repo import (
     write_model,
 )
 from spamops_schemas import ClassificationMetrics
+from spamops_schemas.registry import (
+    MODEL_FILE_ARTIFACT,
+    PARITY_ARTIFACT,
+    RUN_TAG_MODEL_SHA256,
+    TAG_APPROVAL_PREFIX,
+)
+from spamops_schemas.registry import VERSION_TAG_SOURCE_EVENT as TAG_SOURCE_EVENT
 
 from spamops_registry_bridge.triton_model import INPUT, MODEL_PY, OUTPUT, local_config
 
 logger = logging.getLogger(__name__)
 
-# Tags on a registered model version: lineage, and the progress of each step so
-# a replayed or interrupted event resumes where it stopped.
-TAG_SOURCE_EVENT = "spamops.model_trained_event_id"
-TAG_RUN = "spamops.run_id"
-TAG_DATASET = "spamops.dataset_id"
-TAG_CORRELATION = "spamops.correlation_id"
-TAG_SPEC = "spamops.feature_spec_version"
-TAG_GATE = "spamops.gate"
-TAG_ONNX_SHA = "spamops.onnx_sha256"
-TAG_ONNX_URI = "spamops.onnx_uri"
-TAG_PARITY = "spamops.parity_max_abs_diff"
-TAG_N_INPUTS = "spamops.n_inputs"
-TAG_REGISTERED_EVENT = "spamops.model_registered"
-TAG_PUBLISHED = "spamops.model_registered_published"
-TAG_PROMOTION_EVENT = "spamops.promotion_event_id"
-# "<approval event id>:<previous production version or empty>", written before the alias
-# moves, so an interrupted promotion resumes with the same previous version.
-TAG_PROMOTION_PREVIOUS = "spamops.promotion_previous"
-RUN_TAG_REJECTED = "spamops.model_rejected"
-# Registered-model tag per consumed approval: "<topic>:<partition>:<offset>" of its record.
-TAG_APPROVAL_PREFIX = "spamops.approval."
-PARITY_ARTIFACT = "parity/test_sample.npz"
+# Tags on a registered model version (lineage, and the progress of each step so a
+# replayed or interrupted event resumes where it stopped): spamops_schemas.registry.
 
 
 @dataclass(frozen=True)
@@ -191,9 +178,44 @@ class MlflowRegistry:
         """Tag a run (e.g. with the ModelRejected it got)."""
         self._client.set_tag(run_id, key, value)
 
-    def load_xgboost(self, model_uri: str) -> Any:
-        """The trained XGBClassifier."""
-        return self._mlflow.xgboost.load_model(model_uri)
+    def run_experiment_name(self, run_id: str) -> str | None:
+        """The name of the experiment a run belongs to (None: no such run)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self._client.get_run(run_id)
+        except MlflowException as exc:
+            if is_not_found(exc):
+                return None
+            raise
+        return str(self._client.get_experiment(run.info.experiment_id).name)
+
+    def logged_model_run(self, model_id: str) -> str | None:
+        """The run that logged an MLflow 3 logged model (``models:/m-...``), if it exists."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._client.get_logged_model(model_id).source_run_id
+        except MlflowException as exc:
+            if is_not_found(exc):
+                return None
+            raise
+
+    def model_file(self, run_id: str) -> tuple[bytes, str | None]:
+        """The run's booster file (plain UBJSON data) and the sha256 the trainer recorded."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.download(run_id, MODEL_FILE_ARTIFACT, tmp)
+            data = Path(path).read_bytes()
+        return data, self.run_tag(run_id, RUN_TAG_MODEL_SHA256)
+
+    @staticmethod
+    def load_xgboost(data: bytes) -> Any:
+        """An XGBClassifier from booster bytes: data only, no code is loaded or run."""
+        import xgboost as xgb
+
+        model = xgb.XGBClassifier()
+        model.load_model(bytearray(data))
+        return model
 
     def parity_sample(self, run_id: str) -> tuple[np.ndarray, np.ndarray]:
         """The test rows and XGBoost probabilities the trainer logged for this check."""

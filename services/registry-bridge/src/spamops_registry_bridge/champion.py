@@ -20,13 +20,13 @@ from spamops_features.pipeline import FeaturePipeline
 from spamops_features.reputation import ReputationStore
 from spamops_features.snapshot_io import load_snapshot
 from spamops_schemas import ClassificationMetrics, ModelTrained
+from spamops_schemas.registry import PIPELINE_ARTIFACT
+from spamops_schemas.registry import RUN_TAG_MODEL_TRAINED as TAG_MODEL_TRAINED
 
 from spamops_registry_bridge.adapters import MlflowRegistry
 from spamops_registry_bridge.onnx_export import onnx_spam_probability
 
 logger = logging.getLogger(__name__)
-
-TAG_MODEL_TRAINED = "spamops.model_trained"
 
 
 def metrics_of(y: np.ndarray, p: np.ndarray, threshold: float) -> ClassificationMetrics:
@@ -68,7 +68,7 @@ def champion_on_challenger_test(
             continue
     labels = (frame["label"].to_numpy()[rows] == "spam").astype(int)
     with tempfile.TemporaryDirectory() as tmp:
-        pipeline = FeaturePipeline.load(registry.download(champion_run, "feature_pipeline", tmp))
+        pipeline = FeaturePipeline.load(registry.download(champion_run, PIPELINE_ARTIFACT, tmp))
     x = pipeline.transform(emails, rep_all[rows])
     onnx_bytes = registry.load_onnx(champion_run, champion_version)
     probabilities = onnx_spam_probability(onnx_bytes, x)

@@ -32,9 +32,7 @@ from spamops_schemas import (
     ModelTrained,
     PromotionApproved,
 )
-from spamops_schemas.signing import verify_approval
-
-from spamops_registry_bridge.adapters import (
+from spamops_schemas.registry import (
     RUN_TAG_REJECTED,
     TAG_CORRELATION,
     TAG_DATASET,
@@ -48,8 +46,12 @@ from spamops_registry_bridge.adapters import (
     TAG_PUBLISHED,
     TAG_REGISTERED_EVENT,
     TAG_RUN,
-    TAG_SOURCE_EVENT,
     TAG_SPEC,
+)
+from spamops_schemas.registry import VERSION_TAG_SOURCE_EVENT as TAG_SOURCE_EVENT
+from spamops_schemas.signing import verify_approval
+
+from spamops_registry_bridge.adapters import (
     MlflowRegistry,
     TritonDeployer,
     VersionInfo,
@@ -161,6 +163,51 @@ def _rejected_tag(event: ModelTrained) -> str:
     return f"{RUN_TAG_REJECTED}.{event.event_id}"
 
 
+def check_model_source(event: ModelTrained, deps: BridgeDeps) -> None:
+    """Only a model of this platform's experiment, logged by the run the event names."""
+    registry, experiment = deps.registry, deps.settings.experiment
+    found = registry.run_experiment_name(event.run_id)
+    if found != experiment:
+        raise RejectRecord(
+            "model-outside-experiment",
+            f"run {event.run_id} is "
+            + ("unknown" if found is None else f"in experiment {found!r}")
+            + f", not in {experiment!r}",
+        )
+    uri = event.model_uri
+    if uri.startswith("models:/m-"):
+        source = registry.logged_model_run(uri.removeprefix("models:/"))
+    elif uri.startswith(f"runs:/{event.run_id}/"):
+        source = event.run_id
+    else:
+        source = None
+    if source != event.run_id:
+        raise RejectRecord(
+            "model-outside-experiment",
+            f"model {uri} was not logged by run {event.run_id}",
+        )
+
+
+def checked_model_file(event: ModelTrained, registry: MlflowRegistry) -> bytes:
+    """The run's booster file, refused unless its sha256 is the one the trainer recorded."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        data, recorded = registry.model_file(event.run_id)
+    except (MlflowException, OSError) as exc:
+        if is_transient(exc):
+            raise
+        raise RejectRecord(
+            "model-file-missing", f"run {event.run_id} has no readable model file: {exc}"
+        ) from exc
+    if not recorded or sha256_hex(data) != recorded:
+        raise RejectRecord(
+            "model-file-mismatch",
+            f"the model file of run {event.run_id} does not match the sha256 its trainer recorded",
+        )
+    return data
+
+
 def _export_and_check(
     event: ModelTrained, info: VersionInfo, deps: BridgeDeps
 ) -> tuple[bytes, float] | list[GateFailure]:
@@ -171,7 +218,7 @@ def _export_and_check(
         if sha256_hex(onnx_bytes) != info.tags[TAG_ONNX_SHA]:
             raise RuntimeError(f"stored ONNX of version {info.version} does not match its sha256")
         return onnx_bytes, float(info.tags.get(TAG_PARITY, "0"))
-    model = registry.load_xgboost(event.model_uri)
+    model = registry.load_xgboost(checked_model_file(event, registry))
     x, p_xgboost = registry.parity_sample(event.run_id)
     onnx_bytes = export_onnx(model, event.n_features)
     difference = float(np.max(np.abs(onnx_spam_probability(onnx_bytes, x) - p_xgboost)))
@@ -221,6 +268,9 @@ def register_trained(event: ModelTrained, deps: BridgeDeps) -> tuple[Event, int 
     if info is not None and info.tags.get(TAG_PUBLISHED) == "true":
         return ModelRegistered.from_bytes(info.tags[TAG_REGISTERED_EVENT]), None
     if info is None:
+        # Before anything is registered: the model is this platform's, its file intact.
+        check_model_source(event, deps)
+        checked_model_file(event, registry)
         if registry.run_tag(event.run_id, _rejected_tag(event)):
             return _reject(event, registry, []), None
         failures = gate_failures(event.metrics, settings, _champion(registry, event))

@@ -19,6 +19,11 @@ class RegistryBridgeSettings(ServiceSettings):
     service_name = "registry-bridge"
     group_id: str = "spamops-registry-bridge"
 
+    experiment: str = Field(
+        default="spam-detector",
+        description="MLflow experiment whose runs may be registered (the trainer's); a "
+        "ModelTrained naming a run or model elsewhere is refused.",
+    )
     # Quality gate
     min_f1: float = Field(default=0.95, description="Lowest test F1 a model may have.")
     max_false_positive_rate: float = Field(

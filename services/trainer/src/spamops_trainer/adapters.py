@@ -3,6 +3,7 @@ labelled feedback replayed from Kafka, and the Feast reputation store."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -21,18 +22,23 @@ from spamops_runtime.settings import PlatformSettings
 from spamops_schemas import DatasetReady, EmailLabeled, ModelTrained
 from spamops_schemas.codec import decode_event
 from spamops_schemas.errors import EventDecodeError
+from spamops_schemas.registry import (
+    MODEL_FILE_ARTIFACT,
+    PARITY_ARTIFACT,
+    PIPELINE_ARTIFACT,
+    RUN_TAG_ABANDONED,
+    RUN_TAG_DATASET_REASON,
+    RUN_TAG_MODEL_SHA256,
+    TAG_CORRELATION,
+    TAG_DATASET,
+    TAG_SPEC,
+)
+from spamops_schemas.registry import RUN_TAG_MODEL_TRAINED as TAG_MODEL_TRAINED
+from spamops_schemas.registry import RUN_TAG_PROGRESS as TAG_PROGRESS
+from spamops_schemas.registry import RUN_TAG_SOURCE_EVENT as TAG_SOURCE_EVENT
 from spamops_schemas.topics import EMAILS_FEEDBACK, EMAILS_INBOX
 
 logger = logging.getLogger(__name__)
-
-TAG_SOURCE_EVENT = "spamops.source_event_id"
-TAG_DATASET = "spamops.dataset_id"
-TAG_CORRELATION = "spamops.correlation_id"
-TAG_MODEL_TRAINED = "spamops.model_trained"
-TAG_SPEC = "spamops.feature_spec_version"
-TAG_PROGRESS = "spamops.trials_done"
-PIPELINE_ARTIFACT = "feature_pipeline"
-PARITY_ARTIFACT = "parity/test_sample.npz"
 
 
 def code_version() -> str:
@@ -167,7 +173,7 @@ class MlflowTracker:
             )
             for child in children:
                 self._client.set_terminated(child.info.run_id, status="KILLED")
-            self._client.set_tag(run_id, "spamops.abandoned", "trainer stopped mid-training")
+            self._client.set_tag(run_id, RUN_TAG_ABANDONED, "trainer stopped mid-training")
             self._client.set_terminated(run_id, status="KILLED")
             closed.append(run_id)
         return closed
@@ -183,7 +189,7 @@ class MlflowTracker:
                 TAG_SOURCE_EVENT: str(event.event_id),
                 TAG_DATASET: event.dataset_id,
                 TAG_CORRELATION: event.correlation_id,
-                "spamops.dataset_reason": event.reason,
+                RUN_TAG_DATASET_REASON: event.reason,
                 "mlflow.source.git.commit": code_version(),
             },
         )
@@ -237,12 +243,21 @@ class MlflowTracker:
         mlflow.set_tag(TAG_SPEC, spec_version)
         mlflow.log_artifacts(str(pipeline_dir), PIPELINE_ARTIFACT)
         with tempfile.TemporaryDirectory() as tmp:
-            sample = Path(tmp) / "test_sample.npz"
+            sample = Path(tmp) / Path(PARITY_ARTIFACT).name
             np.savez_compressed(sample, x=parity_x, p=parity_p)
-            mlflow.log_artifact(str(sample), "parity")
+            mlflow.log_artifact(str(sample), str(Path(PARITY_ARTIFACT).parent))
         for name, figure in figures.items():
             mlflow.log_figure(figure, f"plots/{name}.png")
         mlflow.log_dict(extra, "training_summary.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            # The booster as plain data, with its sha256 on the run: what the bridge exports
+            # (it never loads an MLmodel flavour, which could run code).
+            model_file = Path(tmp) / Path(MODEL_FILE_ARTIFACT).name
+            model.save_model(str(model_file))
+            digest = hashlib.sha256(model_file.read_bytes()).hexdigest()
+            mlflow.log_artifact(str(model_file), str(Path(MODEL_FILE_ARTIFACT).parent))
+            mlflow.set_tag(RUN_TAG_MODEL_SHA256, digest)
+        # Also the MLflow model, for people who load it with mlflow.xgboost.
         info = mlflow.xgboost.log_model(model, name="model", model_format="ubj")
         return str(info.model_uri)
 
