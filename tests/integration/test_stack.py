@@ -18,6 +18,7 @@ from spamops_runtime.settings import PlatformSettings
 from spamops_runtime.triton_repo import (
     TensorSpec,
     TritonRepositoryClient,
+    TritonRepositoryError,
     model_repository,
     write_python_model,
 )
@@ -178,9 +179,20 @@ def test_mlflow_creates_an_experiment_and_stores_artifacts(stack: PlatformSettin
 # ----------------------------------------------------------------- triton
 def test_triton_serves_a_python_backend_model(stack: PlatformSettings) -> None:
     write_doubler(stack)
-    with TritonRepositoryClient(stack.triton_http) as repo:
+    # The repository API is restricted to holders of the stack's key (issue 17).
+    for key in (None, "not-the-key"):
+        with TritonRepositoryClient(stack.triton_http, key=key) as stranger:
+            with pytest.raises(TritonRepositoryError, match="HTTP 403"):
+                stranger.load("doubler")
+            with pytest.raises(TritonRepositoryError, match="HTTP 403"):
+                stranger.index()
+    key = stack.triton_repository_key()
+    assert key is not None
+    with TritonRepositoryClient(stack.triton_http, key=key) as repo:
         repo.load("doubler")
         assert repo.is_ready("doubler")
+        with TritonRepositoryClient(stack.triton_http) as anyone:
+            assert anyone.is_ready("doubler")  # readiness (and inference) need no key
         assert {"name": "doubler", "version": "1", "state": "READY"} in repo.index()
 
         rows = np.random.default_rng(0).random((32, 4), dtype=np.float32)
@@ -249,7 +261,7 @@ async def test_down_then_up_keeps_the_data(stack_factory) -> None:
     kv.set("kept-key", "kept-value")
     kv.close()
     write_doubler(settings)
-    with TritonRepositoryClient(settings.triton_http) as repo:
+    with TritonRepositoryClient(settings.triton_http, key=settings.triton_repository_key()) as repo:
         repo.load("doubler")
 
     local_stack.down(settings)

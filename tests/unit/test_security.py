@@ -281,3 +281,23 @@ def test_a_secured_broker_does_not_try_to_create_topics(tmp_path: Path) -> None:
     )
     plain = PlatformSettings(kafka_security_protocol="PLAINTEXT")
     assert make_broker(plain, client_id="t").config.broker_config.allow_auto_create_topics is True
+
+
+def test_tritons_repository_api_is_behind_a_private_key(tmp_path: Path) -> None:
+    """Only key holders may load/unload (issue 17); the key lives in a 0600 file."""
+    from spamops_cli.stack.triton_server import Triton
+    from spamops_runtime.triton_repo import REPOSITORY_KEY_HEADER
+
+    settings = PlatformSettings(home=tmp_path)
+    assert settings.triton_repository_key() is None  # no stack yet: an unrestricted client
+    command = Triton(settings, StackPaths.from_settings(settings)).command()
+    key = settings.triton_repository_key()
+    assert key and len(key) >= 24
+    assert stat.S_IMODE(settings.triton_repository_key_path.stat().st_mode) == 0o600
+    assert f"--http-restricted-api=model-repository:{REPOSITORY_KEY_HEADER}={key}" in command
+    assert f"--grpc-restricted-protocol=model-repository:{REPOSITORY_KEY_HEADER}={key}" in command
+    # The same key on the next start; services find the file through the environment.
+    assert Triton(settings, StackPaths.from_settings(settings)).repository_key() == key
+    env = settings.to_env()
+    assert env["SPAMOPS_TRITON_REPOSITORY_KEY_FILE"] == str(settings.triton_repository_key_path)
+    assert key not in env.values()

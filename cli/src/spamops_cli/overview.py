@@ -56,7 +56,8 @@ def _models(settings: PlatformSettings, view: Overview) -> None:
 
 
 def _triton(settings: PlatformSettings, view: Overview) -> None:
-    with TritonRepositoryClient(settings.triton_http, timeout=5) as client:
+    key = settings.triton_repository_key()
+    with TritonRepositoryClient(settings.triton_http, timeout=5, key=key) as client:
         for entry in client.index(ready_only=True):
             view.triton.append(f"{entry.get('name')} v{entry.get('version')}")
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 from pathlib import Path
 
 import httpx
-from spamops_runtime.triton_repo import model_repository
+from spamops_runtime.triton_repo import model_repository, restricted_api_flags
 
 from spamops_cli.stack.component import Component, require_executable
 from spamops_cli.stack.paths import StackError, file_lock
@@ -168,10 +169,21 @@ class Triton(Component):
             "--exit-on-error=false",
             "--strict-readiness=false",
         ]
+        # Only holders of the key (the registry-bridge, the CLI's status) may load or unload.
+        cmd += restricted_api_flags(self.repository_key())
         if any(self.model_repository.glob("*/config.pbtxt")):
             # After down/up the repository is what was deployed: serve it again.
             cmd.append("--load-model=*")
         return cmd
+
+    def repository_key(self) -> str:
+        """The model-repository API key (created once, a private file in <home>/secrets)."""
+        from spamops_cli.stack.secrets import write_private
+
+        path = self.settings.triton_repository_key_path
+        if not path.is_file():
+            write_private(path, secrets.token_urlsafe(24) + "\n")
+        return path.read_text("utf-8").strip()
 
     def env(self) -> dict[str, str]:
         """The wheel's bundled libraries, and the venv's python for the backend stub."""

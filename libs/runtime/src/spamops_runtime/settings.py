@@ -59,6 +59,11 @@ class PlatformSettings(BaseSettings):
     triton_http_url: str | None = Field(
         default=None, description="Overrides host:triton_http_port."
     )
+    triton_repository_key_file: Path | None = Field(
+        default=None,
+        description="File holding the key of Triton's model-repository API (load/unload); "
+        "default <home>/secrets/triton-repository.key when it exists.",
+    )
     service_ports: dict[str, int] = Field(
         default_factory=lambda: dict(DEFAULT_SERVICE_PORTS),
         description="Prometheus /metrics port of each service (JSON object in the environment).",
@@ -177,6 +182,20 @@ class PlatformSettings(BaseSettings):
         """Triton HTTP endpoint (host:port) for tritonclient and the repository API."""
         return self.triton_http_url or f"{self.host}:{self.triton_http_port}"
 
+    @property
+    def triton_repository_key_path(self) -> Path:
+        """Where the key of Triton's model-repository API is kept."""
+        if self.triton_repository_key_file is not None:
+            return self.triton_repository_key_file.expanduser().resolve()
+        return self.state_dir / "secrets" / "triton-repository.key"
+
+    def triton_repository_key(self) -> str | None:
+        """The key of Triton's model-repository API, or None (an unrestricted Triton)."""
+        try:
+            return self.triton_repository_key_path.read_text("utf-8").strip() or None
+        except OSError:
+            return None
+
     def to_env(self) -> dict[str, str]:
         """SPAMOPS_* variables that make ``PlatformSettings()`` in a child process equal this.
 
@@ -198,6 +217,7 @@ class PlatformSettings(BaseSettings):
             "SPAMOPS_MLFLOW_TRACKING_URI": self.mlflow_uri,
             "SPAMOPS_TRITON_URL": self.triton_grpc,
             "SPAMOPS_TRITON_HTTP_URL": self.triton_http,
+            "SPAMOPS_TRITON_REPOSITORY_KEY_FILE": str(self.triton_repository_key_path),
             "SPAMOPS_SERVICE_PORTS": json.dumps(self.service_ports),
             "SPAMOPS_MODEL_NAME": self.model_name,
             "SPAMOPS_LOG_LEVEL": self.log_level,

@@ -177,6 +177,18 @@ def remove_model(repository: Path, name: str) -> None:
     shutil.rmtree(repository / name, ignore_errors=True)
 
 
+# Header Triton checks on its model-repository API (--http-restricted-api).
+REPOSITORY_KEY_HEADER = "spamops-repository-key"
+
+
+def restricted_api_flags(key: str) -> list[str]:
+    """tritonserver flags that put the model-repository API (HTTP and gRPC) behind ``key``."""
+    return [
+        f"--http-restricted-api=model-repository:{REPOSITORY_KEY_HEADER}={key}",
+        f"--grpc-restricted-protocol=model-repository:{REPOSITORY_KEY_HEADER}={key}",
+    ]
+
+
 def _base_url(endpoint: str) -> str:
     return endpoint if "://" in endpoint else f"http://{endpoint}"
 
@@ -196,8 +208,13 @@ class TritonRepositoryClient:
     ``endpoint`` is ``settings.triton_http`` (``host:port``) or a full URL.
     """
 
-    def __init__(self, endpoint: str, *, timeout: float = DEFAULT_LOAD_TIMEOUT) -> None:
-        self._client = httpx.Client(base_url=_base_url(endpoint), timeout=timeout)
+    def __init__(
+        self, endpoint: str, *, timeout: float = DEFAULT_LOAD_TIMEOUT, key: str | None = None
+    ) -> None:
+        # The repository API (load, unload, index) answers only with the key when Triton
+        # runs with --http-restricted-api; readiness and inference need none.
+        headers = {REPOSITORY_KEY_HEADER: key} if key else {}
+        self._client = httpx.Client(base_url=_base_url(endpoint), timeout=timeout, headers=headers)
 
     def __enter__(self) -> Self:
         return self
@@ -244,61 +261,6 @@ class TritonRepositoryClient:
         path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/ready"
         try:
             return self._client.get(path).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-
-class AsyncTritonRepositoryClient:
-    """The same calls as :class:`TritonRepositoryClient` for asyncio services."""
-
-    def __init__(self, endpoint: str, *, timeout: float = DEFAULT_LOAD_TIMEOUT) -> None:
-        self._client = httpx.AsyncClient(base_url=_base_url(endpoint), timeout=timeout)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the HTTP connections."""
-        await self._client.aclose()
-
-    async def _post(self, path: str, body: Mapping[str, Any] | None, action: str) -> httpx.Response:
-        try:
-            response = await self._client.post(path, json=body or {})
-        except httpx.HTTPError as exc:
-            raise TritonRepositoryError(f"{action}: {exc}") from exc
-        _check(response, action)
-        return response
-
-    async def load(self, name: str) -> None:
-        """(Re)load ``name`` from the repository; returns once it is ready, raises if not."""
-        await self._post(f"/v2/repository/models/{name}/load", None, f"load {name}")
-        logger.info("triton: loaded %s", name)
-
-    async def unload(self, name: str, *, unload_dependents: bool = False) -> None:
-        """Unload ``name`` (its files stay in the repository)."""
-        body = {"parameters": {"unload_dependents": unload_dependents}}
-        await self._post(f"/v2/repository/models/{name}/unload", body, f"unload {name}")
-        logger.info("triton: unloaded %s", name)
-
-    async def index(self, *, ready_only: bool = False) -> list[dict[str, Any]]:
-        """The repository's models with their state (``name``, ``version``, ``state``)."""
-        response = await self._post("/v2/repository/index", {"ready": ready_only}, "index")
-        result: list[dict[str, Any]] = response.json()
-        return result
-
-    async def is_ready(self, name: str, version: int | None = None) -> bool:
-        """Whether ``name`` (or one version of it) is loaded and ready."""
-        path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/ready"
-        try:
-            return (await self._client.get(path)).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -269,6 +269,7 @@ class TritonDeployer:
     max_queue_delay_microseconds: int = 200
     instance_count: int = 1
     ready_timeout_s: float = 120.0
+    repository_key: str | None = None  # Triton's model-repository API key, when restricted
 
     def deploy(
         self, name: str, version: int, onnx_bytes: bytes, n_inputs: int, serve: Sequence[int]
@@ -286,7 +287,9 @@ class TritonDeployer:
             files={"model.py": MODEL_PY, "model.onnx": onnx_bytes},
             version=version,
         )
-        with TritonRepositoryClient(self.http_endpoint, timeout=self.ready_timeout_s) as client:
+        with TritonRepositoryClient(
+            self.http_endpoint, timeout=self.ready_timeout_s, key=self.repository_key
+        ) as client:
             client.load(name)
             deadline = time.monotonic() + self.ready_timeout_s
             while not all(client.is_ready(name, v) for v in serve):

@@ -64,6 +64,7 @@ def build_app(settings: RegistryBridgeSettings | None = None) -> FastStream:
             dynamic_batching=settings.dynamic_batching,
             max_queue_delay_microseconds=settings.max_queue_delay_microseconds,
             instance_count=settings.instance_count,
+            repository_key=platform.triton_repository_key(),
         ),
         publish=publish,
         settings=settings,
