@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 PYTEST_ARGS ?=
 
-.PHONY: help bootstrap up down status test test-fast lint schemas asyncapi demo-drift clean
+.PHONY: help bootstrap up down status test test-fast lint schemas asyncapi settings-doc demo-drift clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -56,3 +56,5 @@ clean: down ## Stop the stack and delete its state (.spamops/)
 .PHONY: deploy-check
 deploy-check: ## kustomize build, docker compose config, tofu fmt, checkov over deploy files
 	@bash scripts/deploy_check.sh
+settings-doc: ## Regenerate docs/settings.md from the settings classes
+	$(VENV)/python -m spamops_cli.settings_doc

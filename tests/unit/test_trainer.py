@@ -33,7 +33,13 @@ from spamops_trainer.handlers import (
     on_drift_detected,
 )
 from spamops_trainer.training import PreparedData, prepare_features, serving_parity
-from spamops_trainer.tuning import SearchConfig
+from spamops_trainer.tuning import (
+    REFERENCE_POINT,
+    SearchConfig,
+    TrialResult,
+    choose_best,
+    reference_point,
+)
 
 RECORD = RecordContext(
     topic="t", partition=0, offset=0, key=None, headers={}, timestamp_ms=0, raw=b""
@@ -80,6 +86,31 @@ def test_threshold_is_deterministic_and_inside_the_grid() -> None:
 
 
 # ------------------------------------------------------------- bad datasets
+def _trial(params: dict[str, Any], f1: float, loss: float = 0.1) -> TrialResult:
+    return TrialResult(params=params, val_f1=f1, rounds=300, stopped_early=False, val_logloss=loss)
+
+
+def test_the_reference_configuration_wins_unless_beaten_by_more_than_noise() -> None:
+    config = SearchConfig(min_improvement=0.004)
+    reference = _trial(dict(REFERENCE_POINT), 0.980)
+    other = {**REFERENCE_POINT, "max_depth": 4, "n_estimators": 100}
+    assert choose_best([reference, _trial(other, 0.983)], config) is reference
+    better = _trial(other, 0.985)
+    assert choose_best([reference, better], config) is better
+    # Without the reference rule the higher F1 wins, ties to the lower log loss.
+    plain = SearchConfig(reference_point=False)
+    assert choose_best([reference, _trial(other, 0.983)], plain).val_f1 == 0.983
+    low_loss = _trial(other, 0.980, loss=0.05)
+    assert choose_best([reference, low_loss], plain) is low_loss
+
+
+def test_the_reference_point_fits_the_search_space() -> None:
+    assert reference_point(SearchConfig(max_estimators=600))["n_estimators"] == 300
+    small = reference_point(SearchConfig(max_estimators=60, report_every=25))
+    assert small["n_estimators"] == 50  # inside qrandint(50, 60, 25)
+    assert small["max_depth"] == REFERENCE_POINT["max_depth"]
+
+
 def test_a_snapshot_with_a_wrong_sha256_is_rejected(tmp_path: Path) -> None:
     event = snapshot(tmp_path, {"easy-ham-1": 30, "spam-1": 30})
     bad = event.model_copy(update={"sha256": hashlib.sha256(b"other").hexdigest()})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
@@ -12,7 +13,7 @@ from faststream.specification import AsyncAPI
 from spamops_runtime.kafka import make_broker
 from spamops_runtime.logs import configure_logging
 from spamops_runtime.metrics import SERVICE_READY, start_metrics_server
-from spamops_runtime.settings import ServiceSettings
+from spamops_runtime.settings import ServiceSettings, unknown_variables
 from spamops_runtime.tracing import configure_tracing
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,12 @@ def service_app(service: str, settings: ServiceSettings, broker: KafkaBroker) ->
                 "metrics_port": settings.metrics_listen_port,
             },
         )
+        for name in unknown_variables(settings, os.environ):
+            # Ignored by every settings class: a typo would otherwise pass unnoticed.
+            logger.warning(
+                f"unknown setting {name} is ignored (see docs/settings.md)",
+                extra={"variable": name},
+            )
 
     @app.after_startup
     async def _started() -> None:

@@ -8,6 +8,7 @@ class with a service prefix, e.g. ``SPAMOPS_TRAINER_NUM_SAMPLES``.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -41,13 +42,17 @@ class PlatformSettings(BaseSettings):
         default=Path(".spamops"), description="State directory (data, logs, pids, tools)."
     )
     host: str = Field(default="127.0.0.1", description="Address every local endpoint binds to.")
-    kafka_port: int = 9092
-    kafka_controller_port: int = 9093
-    redis_port: int = 6379
-    mlflow_port: int = 5000
-    triton_http_port: int = 8000
-    triton_grpc_port: int = 8001
-    triton_metrics_port: int = 8002
+    kafka_port: int = Field(default=9092, description="Kafka client listener.")
+    kafka_controller_port: int = Field(default=9093, description="Kafka KRaft controller listener.")
+    redis_port: int = Field(default=6379, description="Redis (Feast online store).")
+    mlflow_port: int = Field(default=5000, description="MLflow tracking server and UI.")
+    triton_http_port: int = Field(
+        default=8000, description="Triton HTTP (inference, repository API)."
+    )
+    triton_grpc_port: int = Field(
+        default=8001, description="Triton gRPC (the inference service's client)."
+    )
+    triton_metrics_port: int = Field(default=8002, description="Triton Prometheus metrics.")
     kafka_bootstrap_servers: str | None = Field(
         default=None, description="Overrides host:kafka_port (e.g. a remote cluster)."
     )
@@ -77,7 +82,9 @@ class PlatformSettings(BaseSettings):
         default="PLAINTEXT",
         description="PLAINTEXT, or SASL_PLAINTEXT for SCRAM authentication and ACLs.",
     )
-    kafka_sasl_mechanism: Literal["SCRAM-SHA-512"] = SASL_MECHANISM
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512"] = Field(
+        default=SASL_MECHANISM, description="SASL mechanism (the only one the stack sets up)."
+    )
     kafka_sasl_username: str | None = Field(
         default=None, description="SASL user (principal), e.g. spamops-trainer."
     )
@@ -88,7 +95,7 @@ class PlatformSettings(BaseSettings):
         default=None, description="File holding the SASL password (wins over the variable)."
     )
     model_name: str = Field(default="spam-detector", description="MLflow registered model.")
-    log_level: str = Field(default="INFO")
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: str = Field(default="json", description="json or text.")
 
     @cached_property
@@ -263,3 +270,61 @@ class ServiceSettings(BaseSettings):
         if self.metrics_port is not None:
             return self.metrics_port
         return self.platform.service_ports.get(self.service_name, 0)
+
+
+# SPAMOPS_* variables read outside the settings classes: tools, containers, tests.
+OTHER_VARIABLES: frozenset[str] = frozenset({
+    "SPAMOPS_AUTO_PROMOTE",  # spamops ingest --promote-first
+    "SPAMOPS_CODE_VERSION",  # the git commit recorded on MLflow runs
+    "SPAMOPS_APPROVERS",  # docker-compose: SPAMOPS_REGISTRY_BRIDGE_APPROVERS
+    # The registry-bridge's approval keys, also read by `spamops approve`.
+    "SPAMOPS_APPROVAL_SECRET",
+    "SPAMOPS_APPROVAL_SECRET_FILE",
+    "SPAMOPS_APPROVAL_SECRET_PREVIOUS",
+    "SPAMOPS_SERVICE_NAME",  # container health check
+    "SPAMOPS_HEALTHCHECK_PORT",
+    "SPAMOPS_TOOLS_DIR",  # local stack: where Kafka/Triton are installed
+    "SPAMOPS_STACK_DIR",
+    "SPAMOPS_DEPLOY_TOOLS",  # make deploy-check
+    "SPAMOPS_IT_STACK",  # tests
+    "SPAMOPS_FAULTS_REPORT",
+})  # fmt: skip
+
+
+def _env_names(cls: type[BaseSettings]) -> set[str]:
+    """Every environment variable a settings class reads (prefix + field, and aliases)."""
+    from pydantic import AliasChoices
+
+    prefix = str(cls.model_config.get("env_prefix", "")).upper()
+    names: set[str] = set()
+    for name, info in cls.model_fields.items():
+        alias = info.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(str(choice).upper() for choice in alias.choices)
+        elif isinstance(alias, str):
+            names.add(alias.upper())
+        else:
+            names.add(f"{prefix}{name.upper()}")
+    return names
+
+
+def _service_prefix(service: str) -> str:
+    return "SPAMOPS_" + service.upper().replace("-", "_") + "_"
+
+
+def unknown_variables(settings: ServiceSettings, environ: Mapping[str, str]) -> list[str]:
+    """``SPAMOPS_*`` variables in ``environ`` that nothing reads: most likely typos.
+
+    A variable of another service (its prefix) is that service's business and skipped,
+    so one environment can serve every process (the local stack, compose).
+    """
+    known = _env_names(PlatformSettings) | _env_names(type(settings)) | OTHER_VARIABLES
+    own = _service_prefix(settings.service_name)
+    others = tuple(
+        _service_prefix(name) for name in DEFAULT_SERVICE_PORTS if _service_prefix(name) != own
+    )
+    return sorted(
+        name
+        for name in environ
+        if name.startswith("SPAMOPS_") and name not in known and not name.startswith(others)
+    )

@@ -39,9 +39,11 @@ class RegistryBridgeSettings(ServiceSettings):
     )
     # Triton
     keep_versions: int = Field(default=3, ge=1, description="Versions kept loaded per model.")
-    max_batch_size: int = Field(default=64, ge=1)
-    dynamic_batching: bool = Field(default=True)
-    max_queue_delay_microseconds: int = Field(default=200, ge=0)
+    max_batch_size: int = Field(default=64, ge=1, description="Triton max_batch_size of a model.")
+    dynamic_batching: bool = Field(default=True, description="Triton dynamic batching on.")
+    max_queue_delay_microseconds: int = Field(
+        default=200, ge=0, description="Triton: longest wait to fill a dynamic batch."
+    )
     instance_count: int = Field(default=1, ge=1, description="CPU instances per version.")
     smoke_rows: int = Field(default=32, ge=1, description="Test rows of the smoke inference.")
     # Promotion

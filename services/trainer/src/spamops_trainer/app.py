@@ -35,6 +35,8 @@ def search_config(settings: TrainerSettings) -> SearchConfig:
         ray_address=settings.ray_address,
         ray_num_cpus=settings.ray_num_cpus,
         ray_keep_alive=settings.ray_keep_alive,
+        reference_point=settings.reference_point,
+        min_improvement=settings.min_improvement,
     )
 
 
@@ -61,6 +63,7 @@ def build_app(settings: TrainerSettings | None = None) -> FastStream:
         search=search_config(settings),
         threshold=settings.threshold,
         max_val_fpr=settings.max_val_fpr,
+        threshold_folds=settings.threshold_folds,
         reputation=reputation.historical if reputation else None,
         after_training=reputation.materialize if reputation else None,
     )

@@ -35,6 +35,7 @@ class TrainerDeps:
     reputation: ReputationLookup | None = None
     threshold: float | None = None
     max_val_fpr: float = 0.005
+    threshold_folds: int = 5
     # After a training: copy the reputation states into the online store (Redis).
     after_training: Callable[[], None] | None = None
 
@@ -99,6 +100,7 @@ async def on_dataset_ready(event: DatasetReady, record: RecordContext, deps: Tra
         reputation=deps.reputation,
         threshold=deps.threshold,
         max_val_fpr=deps.max_val_fpr,
+        threshold_folds=deps.threshold_folds,
     )
     if deps.after_training is not None:
         try:

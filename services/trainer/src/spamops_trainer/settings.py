@@ -22,7 +22,18 @@ class TrainerSettings(ServiceSettings):
     report_every: int = Field(default=25, description="Boosting rounds between trial reports.")
     max_estimators: int = Field(default=600, description="Upper bound of n_estimators.")
     grace_reports: int = Field(default=2, description="ASHA: reports before a trial may stop.")
-    seed: int = Field(default=42)
+    seed: int = Field(default=42, description="Seed of the search, the folds and the models.")
+    reference_point: bool = Field(
+        default=True,
+        description=(
+            "Evaluate the reference configuration (tuning.REFERENCE_POINT) first and keep "
+            "it unless a trial beats its validation F1 by more than min_improvement."
+        ),
+    )
+    min_improvement: float = Field(
+        default=0.004,
+        description="Validation F1 a searched trial needs above the reference to replace it.",
+    )
     threshold: float | None = Field(
         default=None,
         description="Fixed spam-probability threshold; unset = chosen on validation.",
@@ -30,8 +41,18 @@ class TrainerSettings(ServiceSettings):
     max_val_fpr: float = Field(
         default=0.005,
         description=(
-            "Threshold policy: the threshold with the best validation F1 among those whose "
-            "false-positive rate on VALIDATION is at most this ceiling (never chosen on test)."
+            "Threshold policy: the threshold with the best F1 among those whose false-positive "
+            "rate is at most this ceiling, on rows the model did not train on (see "
+            "threshold_folds; never on test)."
+        ),
+    )
+    threshold_folds: int = Field(
+        default=5,
+        ge=0,
+        description=(
+            "Threshold policy: score train + validation out of fold with this many folds "
+            "and apply the ceiling there (~6x more rows than validation alone); < 2 = the "
+            "validation split scored by a model fitted on train only."
         ),
     )
     ray_address: str | None = Field(

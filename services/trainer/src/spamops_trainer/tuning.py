@@ -31,6 +31,21 @@ SEARCH_SPACE_BOUNDS: dict[str, tuple[float, float]] = {
     "scale_pos_weight": (0.5, 4.0),
 }
 
+# A configuration that scored well on every split of the corpus (issue 15: mean F1
+# 0.990, worst 0.986 over 5 stratified splits, fixed, no search). The search evaluates it
+# first and keeps it unless a trial beats it by more than validation noise: on a
+# 726-row validation split the best of 20 trials is often a lucky one (the tuned
+# models scored mean 0.988, worst 0.981 on the same splits).
+REFERENCE_POINT: dict[str, Any] = {
+    "learning_rate": 0.1,
+    "max_depth": 8,
+    "n_estimators": 300,
+    "subsample": 0.9,
+    "colsample_bytree": 0.5,
+    "min_child_weight": 1.0,
+    "scale_pos_weight": 1.0,
+}
+
 
 @dataclass(frozen=True)
 class SearchConfig:
@@ -48,6 +63,10 @@ class SearchConfig:
     # Keep the in-process Ray node between trainings (the next one starts faster), or
     # stop it after each search: idle, its daemons took ~5% of a core from serving.
     ray_keep_alive: bool = False
+    # Evaluate REFERENCE_POINT first; a trial replaces it only with a validation F1
+    # higher by more than ``min_improvement`` (0.004: about two validation mails).
+    reference_point: bool = True
+    min_improvement: float = 0.004
 
 
 @dataclass
@@ -198,9 +217,7 @@ def search(
             ray.shutdown()
     if not trials:
         raise RuntimeError("the search produced no trial result")
-    # Ties in F1 go to the lower validation log loss (not to the fewest rounds, which
-    # picked a 25-round model of near-0.5 probabilities on one split of issue 15).
-    best = max(trials, key=lambda t: (t.val_f1, -t.val_logloss, -t.params["n_estimators"]))
+    best = choose_best(trials, config)
     seconds = time.perf_counter() - started
     logger.info(
         "search finished",
@@ -209,6 +226,39 @@ def search(
     return SearchResult(
         best_params=best.params, best_val_f1=best.val_f1, trials=trials, seconds=seconds
     )
+
+
+def reference_point(config: SearchConfig) -> dict[str, Any]:
+    """REFERENCE_POINT inside this search's space (its rounds at most ``max_estimators``)."""
+    rounds = min(int(REFERENCE_POINT["n_estimators"]), config.max_estimators)
+    rounds = max(config.report_every * 2, rounds - rounds % config.report_every)
+    return {**REFERENCE_POINT, "n_estimators": rounds}
+
+
+def is_reference(trial: TrialResult) -> bool:
+    """Whether the trial ran REFERENCE_POINT (its rounds may differ: its best checkpoint)."""
+    return all(
+        trial.params.get(name) == value
+        for name, value in REFERENCE_POINT.items()
+        if name != "n_estimators"
+    )
+
+
+def choose_best(trials: list[TrialResult], config: SearchConfig) -> TrialResult:
+    """The best trial: highest validation F1, ties to the lower log loss.
+
+    With ``config.reference_point`` the reference trial wins unless the best beats its
+    F1 by more than ``config.min_improvement``.
+    """
+    # Ties in F1 go to the lower validation log loss (not to the fewest rounds, which
+    # picked a 25-round model of near-0.5 probabilities on one split of issue 15).
+    best = max(trials, key=lambda t: (t.val_f1, -t.val_logloss, -t.params["n_estimators"]))
+    if not config.reference_point:
+        return best
+    reference = next((t for t in trials if is_reference(t)), None)
+    if reference is not None and best.val_f1 - reference.val_f1 <= config.min_improvement:
+        return reference
+    return best
 
 
 def _run_search(
@@ -241,7 +291,11 @@ def _run_search(
         "report_every": config.report_every,
     }
     searcher = ConcurrencyLimiter(
-        OptunaSearch(seed=config.seed), max_concurrent=config.max_concurrent_trials
+        OptunaSearch(
+            seed=config.seed,
+            points_to_evaluate=[reference_point(config)] if config.reference_point else None,
+        ),
+        max_concurrent=config.max_concurrent_trials,
     )
     scheduler = ASHAScheduler(
         time_attr="training_iteration",
@@ -280,7 +334,14 @@ def _run_search(
         rounds = int(result.metrics.get("rounds", 0))
         # The best F1 the trial reached, at the rounds it was reached with.
         history = result.metrics_dataframe
-        if history is not None and len(history):
+        reference = is_reference(TrialResult(params, 0.0, 0, False))
+        if reference and history is not None and len(history):
+            # The reference is a configuration measured at its full rounds: no checkpoint
+            # picked on validation.
+            last = history.iloc[-1]
+            f1, rounds_at_best = float(last["val_f1"]), int(last["rounds"])
+            loss = float(last.get("val_logloss", np.inf))
+        elif history is not None and len(history):
             # The best F1 the trial reached; among equal F1s the lowest log loss.
             losses = history.get("val_logloss", pd.Series(np.inf, index=history.index))
             order = np.lexsort((losses.to_numpy(dtype=float), -history["val_f1"].to_numpy()))
