@@ -37,7 +37,7 @@ from spamops_trainer.tuning import (
     REFERENCE_POINT,
     SearchConfig,
     TrialResult,
-    choose_best,
+    ranked,
     reference_point,
 )
 
@@ -90,18 +90,42 @@ def _trial(params: dict[str, Any], f1: float, loss: float = 0.1) -> TrialResult:
     return TrialResult(params=params, val_f1=f1, rounds=300, stopped_early=False, val_logloss=loss)
 
 
-def test_the_reference_configuration_wins_unless_beaten_by_more_than_noise() -> None:
-    config = SearchConfig(min_improvement=0.004)
-    reference = _trial(dict(REFERENCE_POINT), 0.980)
-    other = {**REFERENCE_POINT, "max_depth": 4, "n_estimators": 100}
-    assert choose_best([reference, _trial(other, 0.983)], config) is reference
-    better = _trial(other, 0.985)
-    assert choose_best([reference, better], config) is better
-    # Without the reference rule the higher F1 wins, ties to the lower log loss.
-    plain = SearchConfig(reference_point=False)
-    assert choose_best([reference, _trial(other, 0.983)], plain).val_f1 == 0.983
-    low_loss = _trial(other, 0.980, loss=0.05)
-    assert choose_best([reference, low_loss], plain) is low_loss
+def test_finalists_are_the_reference_and_the_best_other_trials() -> None:
+    from spamops_trainer.training import finalists
+    from spamops_trainer.tuning import SearchResult
+
+    reference = _trial(dict(REFERENCE_POINT), 0.970)
+    others = [
+        _trial({**REFERENCE_POINT, "max_depth": depth, "n_estimators": 100}, f1, loss)
+        for depth, f1, loss in [(3, 0.99, 0.2), (4, 0.98, 0.1), (5, 0.98, 0.05), (6, 0.95, 0.1)]
+    ]
+    result = SearchResult(best_params=others[0].params, best_val_f1=0.99,
+                          trials=[*others, reference])  # fmt: skip
+    chosen = finalists(result, SearchConfig(), count=3)
+    # The reference first (ties in cross-validation go to it), then by F1, ties by log loss.
+    assert [p["max_depth"] for p in chosen] == [8, 3, 5, 4]
+    assert [t.params["max_depth"] for t in ranked([*others, reference])][:2] == [3, 5]
+    without = finalists(result, SearchConfig(reference_point=False), count=2)
+    assert [p["max_depth"] for p in without] == [3, 5]
+
+
+def test_cross_validation_chooses_the_finalist_that_generalises(tmp_path: Path) -> None:
+    """On noisy labels a deep, long model overfits: out of fold, the simple one wins."""
+    from spamops_trainer.training import cross_validate
+
+    rng = np.random.default_rng(0)
+    x = rng.random((600, 8), dtype=np.float32)
+    y = ((x[:, 0] + 0.3 * rng.standard_normal(600)) > 0.5).astype(int)
+    prepared = PreparedData.__new__(PreparedData)
+    object.__setattr__(prepared, "x", {"train": x[:450], "validation": x[450:]})
+    object.__setattr__(prepared, "y", {"train": y[:450], "validation": y[450:]})
+    simple = {**REFERENCE_POINT, "max_depth": 1, "n_estimators": 50}
+    overfit = {**REFERENCE_POINT, "max_depth": 10, "n_estimators": 400, "learning_rate": 0.3,
+               "subsample": 1.0, "colsample_bytree": 1.0, "min_child_weight": 0.5}  # fmt: skip
+    scored = cross_validate(prepared, [overfit, simple], seed=0, max_fpr=0.2, folds=5)
+    assert [c.params["max_depth"] for c in scored] == [10, 1]
+    assert scored[1].f1 > scored[0].f1
+    assert all(0.05 <= c.threshold <= 0.95 for c in scored)
 
 
 def test_the_reference_point_fits_the_search_space() -> None:

@@ -36,7 +36,6 @@ def search_config(settings: TrainerSettings) -> SearchConfig:
         ray_num_cpus=settings.ray_num_cpus,
         ray_keep_alive=settings.ray_keep_alive,
         reference_point=settings.reference_point,
-        min_improvement=settings.min_improvement,
     )
 
 

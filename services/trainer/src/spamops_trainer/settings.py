@@ -27,12 +27,8 @@ class TrainerSettings(ServiceSettings):
         default=True,
         description=(
             "Evaluate the reference configuration (tuning.REFERENCE_POINT) first and keep "
-            "it unless a trial beats its validation F1 by more than min_improvement."
+            "it among the finalists that cross-validation chooses from."
         ),
-    )
-    min_improvement: float = Field(
-        default=0.004,
-        description="Validation F1 a searched trial needs above the reference to replace it.",
     )
     threshold: float | None = Field(
         default=None,
@@ -50,9 +46,10 @@ class TrainerSettings(ServiceSettings):
         default=5,
         ge=0,
         description=(
-            "Threshold policy: score train + validation out of fold with this many folds "
-            "and apply the ceiling there (~6x more rows than validation alone); < 2 = the "
-            "validation split scored by a model fitted on train only."
+            "Score the reference configuration and the best 3 trials out of fold over train "
+            "+ validation with this many folds; the best F1 under the ceiling chooses both "
+            "the model and its threshold (~6x more rows than validation alone). < 2 = the "
+            "search's best trial and a threshold on the validation split."
         ),
     )
     ray_address: str | None = Field(
