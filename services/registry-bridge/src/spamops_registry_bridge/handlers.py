@@ -209,16 +209,20 @@ def checked_model_file(event: ModelTrained, registry: MlflowRegistry) -> bytes:
 
 
 def _export_and_check(
-    event: ModelTrained, info: VersionInfo, deps: BridgeDeps
+    event: ModelTrained, info: VersionInfo, deps: BridgeDeps, model_file: bytes | None = None
 ) -> tuple[bytes, float] | list[GateFailure]:
-    """ONNX export + parity with XGBoost on the logged test sample (stored on the run)."""
+    """ONNX export + parity with XGBoost on the logged test sample (stored on the run).
+
+    ``model_file``: the booster bytes already checked against their sha256; None (a
+    resumed registration) downloads and checks them again.
+    """
     registry, tolerance = deps.registry, deps.settings.parity_tolerance
     if TAG_ONNX_SHA in info.tags:
         onnx_bytes = registry.load_onnx(event.run_id, info.version)
         if sha256_hex(onnx_bytes) != info.tags[TAG_ONNX_SHA]:
             raise RuntimeError(f"stored ONNX of version {info.version} does not match its sha256")
         return onnx_bytes, float(info.tags.get(TAG_PARITY, "0"))
-    model = registry.load_xgboost(checked_model_file(event, registry))
+    model = registry.load_xgboost(model_file or checked_model_file(event, registry))
     x, p_xgboost = registry.parity_sample(event.run_id)
     onnx_bytes = export_onnx(model, event.n_features)
     difference = float(np.max(np.abs(onnx_spam_probability(onnx_bytes, x) - p_xgboost)))
@@ -267,10 +271,11 @@ def register_trained(event: ModelTrained, deps: BridgeDeps) -> tuple[Event, int 
     info = registry.version_for_event(str(event.event_id))
     if info is not None and info.tags.get(TAG_PUBLISHED) == "true":
         return ModelRegistered.from_bytes(info.tags[TAG_REGISTERED_EVENT]), None
+    model_file: bytes | None = None
     if info is None:
         # Before anything is registered: the model is this platform's, its file intact.
         check_model_source(event, deps)
-        checked_model_file(event, registry)
+        model_file = checked_model_file(event, registry)
         if registry.run_tag(event.run_id, _rejected_tag(event)):
             return _reject(event, registry, []), None
         failures = gate_failures(event.metrics, settings, _champion(registry, event))
@@ -294,7 +299,7 @@ def register_trained(event: ModelTrained, deps: BridgeDeps) -> tuple[Event, int 
             },
         )
         logger.info("model version registered", extra={"version": info.version})
-    exported = _export_and_check(event, info, deps)
+    exported = _export_and_check(event, info, deps, model_file)
     if isinstance(exported, list):
         return _reject(event, registry, exported), None
     onnx_bytes, parity = exported

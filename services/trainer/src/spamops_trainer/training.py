@@ -149,11 +149,16 @@ def fit_model(x: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int) -
     return model
 
 
-def fit_final(prepared: PreparedData, params: dict[str, Any], seed: int) -> xgb.XGBClassifier:
-    """The production model: best parameters, trained on train + validation."""
+def train_and_validation(prepared: PreparedData) -> tuple[np.ndarray, np.ndarray]:
+    """The train and validation rows together (the final fit, the out-of-fold scores)."""
     x = np.vstack([prepared.x["train"], prepared.x["validation"]])
     y = np.concatenate([prepared.y["train"], prepared.y["validation"]])
-    return fit_model(x, y, params, seed)
+    return x, y
+
+
+def fit_final(prepared: PreparedData, params: dict[str, Any], seed: int) -> xgb.XGBClassifier:
+    """The production model: best parameters, trained on train + validation."""
+    return fit_model(*train_and_validation(prepared), params, seed)
 
 
 def validation_threshold(
@@ -191,8 +196,7 @@ def cross_validate(
     """
     from sklearn.model_selection import StratifiedKFold
 
-    x = np.vstack([prepared.x["train"], prepared.x["validation"]])
-    y = np.concatenate([prepared.y["train"], prepared.y["validation"]])
+    x, y = train_and_validation(prepared)
     splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y))
     scored = []
     for params in finalists:
@@ -209,7 +213,7 @@ def cross_validate(
 def finalists(result: SearchResult, config: SearchConfig, count: int) -> list[dict[str, Any]]:
     """The reference configuration (when searched) and the best ``count`` other trials."""
     order = ranked(result.trials)
-    chosen = [t.params for t in order if config.reference_point and is_reference(t)][:1]
+    chosen = [t.params for t in order if config.reference_point and is_reference(t.params)][:1]
     limit = len(chosen) + count
     for trial in order:
         if len(chosen) >= limit:
@@ -235,7 +239,8 @@ def train(
     ``threshold`` fixes the decision threshold; None chooses it on validation,
     never on test: the best F1 among the thresholds whose false-positive rate on
     validation is at most ``max_val_fpr`` (a trainer setting), scored out of fold
-    over train + validation (``out_of_fold_threshold``, ``threshold_folds`` >= 2) or,
+    over train + validation (``cross_validate``, ``threshold_folds`` >= 2, which also
+    chooses among the search's finalists) or,
     with ``threshold_folds`` < 2, on validation by a model fitted on train only
     (``validation_threshold``).
     """
@@ -250,13 +255,10 @@ def train(
         on_trial_done=on_trial_done,
     )
     # A fold needs each class: a tiny snapshot falls back to the validation split.
-    smallest_class = int(
-        min(
-            np.bincount(
-                np.concatenate([prepared.y["train"], prepared.y["validation"]]), minlength=2
-            )
-        )
+    per_class = np.bincount(prepared.y["train"], minlength=2) + np.bincount(
+        prepared.y["validation"], minlength=2
     )
+    smallest_class = int(per_class.min())
     threshold_folds = min(threshold_folds, smallest_class)
     params = result.best_params
     scored: list[CrossValidated] = []

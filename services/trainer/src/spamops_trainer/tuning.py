@@ -233,10 +233,10 @@ def reference_point(config: SearchConfig) -> dict[str, Any]:
     return {**REFERENCE_POINT, "n_estimators": rounds}
 
 
-def is_reference(trial: TrialResult) -> bool:
-    """Whether the trial ran REFERENCE_POINT (its rounds may differ: its best checkpoint)."""
+def is_reference(params: dict[str, Any]) -> bool:
+    """Whether a trial's parameters are REFERENCE_POINT (its rounds may differ)."""
     return all(
-        trial.params.get(name) == value
+        params.get(name) == value
         for name, value in REFERENCE_POINT.items()
         if name != "n_estimators"
     )
@@ -326,8 +326,7 @@ def _run_search(
         rounds = int(result.metrics.get("rounds", 0))
         # The best F1 the trial reached, at the rounds it was reached with.
         history = result.metrics_dataframe
-        reference = is_reference(TrialResult(params, 0.0, 0, False))
-        if reference and history is not None and len(history):
+        if is_reference(params) and history is not None and len(history):
             # The reference is a configuration measured at its full rounds: no checkpoint
             # picked on validation.
             last = history.iloc[-1]
