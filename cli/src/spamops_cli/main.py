@@ -702,12 +702,12 @@ def _approval_secret() -> str:
         return secret
     path = os.environ.get("SPAMOPS_APPROVAL_SECRET_FILE")
     if not path:
-        from spamops_cli.stack.secrets import is_secure_state, secrets_dir
+        from spamops_cli.stack.secrets import approval_key_path, is_secure_state
 
         settings = PlatformSettings()
         if not is_secure_state(settings):
             return ""
-        path = str(secrets_dir(settings) / "approval.key")
+        path = str(approval_key_path(settings))
     try:
         return Path(path).read_text("utf-8").strip()
     except OSError:

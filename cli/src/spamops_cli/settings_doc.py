@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, SecretStr
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings
-from spamops_runtime.settings import OTHER_VARIABLES, PlatformSettings
+from spamops_runtime.settings import OTHER_VARIABLES, PlatformSettings, field_env_names
 
 from spamops_cli.asyncapi import SERVICES
 
@@ -64,18 +64,11 @@ def _description(cls: type[BaseSettings], name: str) -> str | None:
 
 
 def _rows(cls: type[BaseSettings]) -> list[tuple[str, str, str]]:
-    prefix = str(cls.model_config.get("env_prefix", "")).upper()
     rows = []
-    for name, info in cls.model_fields.items():
+    for name, names in field_env_names(cls).items():
         if name == "platform":
             continue  # the nested PlatformSettings: its own table
-        alias = info.validation_alias
-        if isinstance(alias, AliasChoices):
-            names = [str(choice).upper() for choice in alias.choices]
-        elif isinstance(alias, str):
-            names = [alias.upper()]
-        else:
-            names = [f"{prefix}{name.upper()}"]
+        info = cls.model_fields[name]
         meaning = " ".join((_description(cls, name) or "").split()).replace("|", "\\|")
         rows.append((" or ".join(f"`{n}`" for n in names), _default(info), meaning))
     return rows

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from spamops_runtime.acl import ADMIN, principals
@@ -62,15 +63,21 @@ def write_private(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def ensure_random_file(
+    path: Path, token: Callable[[], str] = lambda: secrets.token_urlsafe(24)
+) -> Path:
+    """``path``, holding a random ``token()`` written privately when missing, kept after."""
+    if not path.is_file():
+        write_private(path, token() + "\n")
+    return path
+
+
 def ensure_passwords(settings: PlatformSettings) -> dict[str, Path]:
     """Every principal's password file (created when missing), by principal name."""
-    files: dict[str, Path] = {}
-    for name in (*principals(), CONTROLLER_SECRET):
-        path = password_file(settings, name)
-        if not path.is_file():
-            write_private(path, secrets.token_urlsafe(24) + "\n")
-        files[name] = path
-    return files
+    return {
+        name: ensure_random_file(password_file(settings, name))
+        for name in (*principals(), CONTROLLER_SECRET)
+    }
 
 
 def read_password(settings: PlatformSettings, principal: str) -> str:
@@ -83,9 +90,11 @@ def as_local_user(settings: PlatformSettings, principal: str = ADMIN) -> Platfor
     return settings.as_kafka_user(principal, password_file(settings, principal))
 
 
+def approval_key_path(settings: PlatformSettings) -> Path:
+    """Where the local secure stack keeps its HMAC key for promotion approvals."""
+    return secrets_dir(settings) / "approval.key"
+
+
 def approval_key_file(settings: PlatformSettings) -> Path:
-    """The local secure stack's HMAC key for promotion approvals (created when missing)."""
-    path = secrets_dir(settings) / "approval.key"
-    if not path.is_file():
-        write_private(path, secrets.token_hex(32) + "\n")
-    return path
+    """The local secure stack's approval key file (created when missing)."""
+    return ensure_random_file(approval_key_path(settings), lambda: secrets.token_hex(32))

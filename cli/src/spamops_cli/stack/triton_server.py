@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import shutil
 from pathlib import Path
 
@@ -178,11 +177,9 @@ class Triton(Component):
 
     def repository_key(self) -> str:
         """The model-repository API key (created once, a private file in <home>/secrets)."""
-        from spamops_cli.stack.secrets import write_private
+        from spamops_cli.stack.secrets import ensure_random_file
 
-        path = self.settings.triton_repository_key_path
-        if not path.is_file():
-            write_private(path, secrets.token_urlsafe(24) + "\n")
+        path = ensure_random_file(self.settings.triton_repository_key_path)
         return path.read_text("utf-8").strip()
 
     def env(self) -> dict[str, str]:

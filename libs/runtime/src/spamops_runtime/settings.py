@@ -291,21 +291,29 @@ OTHER_VARIABLES: frozenset[str] = frozenset({
 })  # fmt: skip
 
 
-def _env_names(cls: type[BaseSettings]) -> set[str]:
-    """Every environment variable a settings class reads (prefix + field, and aliases)."""
+def field_env_names(cls: type[BaseSettings]) -> dict[str, list[str]]:
+    """Each field of a settings class with the environment variables it reads.
+
+    Its aliases when it has some, else the class's prefix + the field name.
+    """
     from pydantic import AliasChoices
 
     prefix = str(cls.model_config.get("env_prefix", "")).upper()
-    names: set[str] = set()
+    names: dict[str, list[str]] = {}
     for name, info in cls.model_fields.items():
         alias = info.validation_alias
         if isinstance(alias, AliasChoices):
-            names.update(str(choice).upper() for choice in alias.choices)
+            names[name] = [str(choice).upper() for choice in alias.choices]
         elif isinstance(alias, str):
-            names.add(alias.upper())
+            names[name] = [alias.upper()]
         else:
-            names.add(f"{prefix}{name.upper()}")
+            names[name] = [f"{prefix}{name.upper()}"]
     return names
+
+
+def _env_names(cls: type[BaseSettings]) -> set[str]:
+    """Every environment variable a settings class reads."""
+    return {env for names in field_env_names(cls).values() for env in names}
 
 
 def _service_prefix(service: str) -> str:

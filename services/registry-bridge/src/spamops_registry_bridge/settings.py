@@ -9,6 +9,11 @@ from pydantic_settings import SettingsConfigDict
 from spamops_runtime.settings import ServiceSettings
 
 
+def _also_unprefixed(name: str) -> AliasChoices:
+    """``SPAMOPS_<name>`` (`spamops approve` reads it too) or the bridge's own prefix."""
+    return AliasChoices(f"SPAMOPS_{name}", f"SPAMOPS_REGISTRY_BRIDGE_{name}")
+
+
 class RegistryBridgeSettings(ServiceSettings):
     """registry-bridge: ModelTrained, PromotionApproved -> ModelRegistered/Rejected/Promoted."""
 
@@ -54,25 +59,19 @@ class RegistryBridgeSettings(ServiceSettings):
     )
     approval_secret: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices(
-            "SPAMOPS_APPROVAL_SECRET", "SPAMOPS_REGISTRY_BRIDGE_APPROVAL_SECRET"
-        ),
+        validation_alias=_also_unprefixed("APPROVAL_SECRET"),
         description="HMAC secret; when set, approvals must carry a valid signature and an "
         "expiry. Empty = unset (an empty key would let anyone sign).",
     )
     approval_secret_file: Path | None = Field(
         default=None,
-        validation_alias=AliasChoices(
-            "SPAMOPS_APPROVAL_SECRET_FILE", "SPAMOPS_REGISTRY_BRIDGE_APPROVAL_SECRET_FILE"
-        ),
+        validation_alias=_also_unprefixed("APPROVAL_SECRET_FILE"),
         description="File holding the HMAC secret (wins over approval_secret): a child "
         "process gets the path, never the key.",
     )
     approval_secret_previous: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices(
-            "SPAMOPS_APPROVAL_SECRET_PREVIOUS", "SPAMOPS_REGISTRY_BRIDGE_APPROVAL_SECRET_PREVIOUS"
-        ),
+        validation_alias=_also_unprefixed("APPROVAL_SECRET_PREVIOUS"),
         description="The secret being rotated out: also accepted until it is removed.",
     )
     approval_max_lifetime_s: float = Field(
