@@ -33,6 +33,7 @@ from spamops_schemas import (
     ClassificationMetrics,
     DatasetReady,
     EmailClassified,
+    Event,
     ModelPromoted,
     ModelRegistered,
     ModelRejected,
@@ -129,6 +130,16 @@ def registered_v1(bridge_stack: PlatformSettings) -> tuple[ModelTrained, ModelRe
     print(f"\ningest->trained {trained_at - began:.1f}s, trained->registered observed "
           f"{time.monotonic() - trained_at:.1f}s")  # fmt: skip
     return trained, registered, time.monotonic() - trained_at
+
+
+def dead_letter_reason(settings: PlatformSettings, topic: str, event: Event) -> str:
+    """The x-error-reason of ``event``'s one dead letter on ``<topic>.dlq``."""
+
+    def is_it(e: object) -> bool:
+        return isinstance(e, type(event)) and e.event_id == event.event_id
+
+    [(_, headers)] = asyncio.run(events_on(settings, f"{topic}.dlq", is_it))
+    return headers[H_ERROR_REASON]
 
 
 def test_a_trained_model_is_registered_exported_and_served_as_staging(
@@ -239,15 +250,9 @@ def test_only_data_of_this_experiment_crosses_the_registry(
     })  # fmt: skip
     events = [foreign, tampered]
     asyncio.run(send(bridge_stack, "models.trained", [(e.run_id, e.to_bytes()) for e in events]))
-    for event, reason in zip(
-        events, ("model-outside-experiment", "model-file-mismatch"), strict=True
-    ):
-
-        def is_it(e: object, wanted: ModelTrained = event) -> bool:
-            return isinstance(e, ModelTrained) and e.event_id == wanted.event_id
-
-        [(_, headers)] = asyncio.run(events_on(bridge_stack, "models.trained.dlq", is_it))
-        assert headers[H_ERROR_REASON] == reason
+    reasons = ("model-outside-experiment", "model-file-mismatch")
+    for event, reason in zip(events, reasons, strict=True):
+        assert dead_letter_reason(bridge_stack, "models.trained", event) == reason
     for run in (elsewhere, tampered_run):  # nothing registered from either
         assert not client.search_model_versions(
             f"name = '{MODEL}' and run_id = '{run.info.run_id}'"
@@ -336,14 +341,7 @@ def test_promotion_rollback_and_refused_approvals(
     )
     reasons = ("approver-not-allowed", "unknown-version", "approval-replayed")
     for approval, reason in zip(refused, reasons, strict=True):
-
-        def is_it(e: object, wanted: PromotionApproved = approval) -> bool:
-            return isinstance(e, PromotionApproved) and e.event_id == wanted.event_id
-
-        [(_, headers)] = asyncio.run(
-            events_on(bridge_stack, "models.promotion-approved.dlq", is_it)
-        )
-        assert headers[H_ERROR_REASON] == reason
+        assert dead_letter_reason(bridge_stack, "models.promotion-approved", approval) == reason
     assert int(client.get_model_version_by_alias(MODEL, "production").version) == 1
 
 
