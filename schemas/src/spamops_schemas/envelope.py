@@ -1,4 +1,4 @@
-"""The event envelope every spamops event carries (DESIGN.md §3)."""
+"""The event envelope every spamops event carries (docs/DESIGN.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every spamops event (DESIGN.md §3): the payloads on top of the envelope."""
+"""Every spamops event (docs/DESIGN.md §3): the payloads on top of the envelope."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The topic catalogue (DESIGN.md §2), read from ``topics.json``.
+"""The topic catalogue (docs/DESIGN.md §2), read from ``topics.json``.
 
 The JSON file is the one source that code, tests and deploy files read.
 Every topic has a dead-letter twin ``<name>.dlq`` with the same partitions.

@@ -41,7 +41,7 @@ join that serving could never reproduce for a replayed or back-filled mail:
 ``lookup`` still answers point-in-time questions through Feast's join for
 analysis. ``historical`` rewrites the store's event file from the snapshot, so
 training features are a pure function of the snapshot (feedback reaches
-training through the next snapshot, DESIGN section 1, not through this file).
+training through the next snapshot, docs/DESIGN.md §1, not through this file).
 The feature pipeline additionally clips every input to its training range
 (``FeaturePipeline.with_bounds``).
 

@@ -60,7 +60,7 @@ def service_principal(service: str) -> str:
 
 
 # The one table. Keep it in step with the services' app.py (a unit test compares it
-# with their AsyncAPI documents) and with DESIGN.md's topic table.
+# with their AsyncAPI documents) and with docs/DESIGN.md's topic table.
 ACCESS: dict[str, Access] = {
     service_principal("trainer"): Access(
         consumes=("datasets.ready", "monitoring.drift"),

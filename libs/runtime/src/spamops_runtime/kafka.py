@@ -4,7 +4,7 @@
   producers.
 * ``publish_event`` sends a typed event to its catalogue topic, keyed as the
   catalogue says, with correlation and trace headers.
-* ``subscribe_records`` is the delivery rule (DESIGN.md §4) for any topic: each
+* ``subscribe_records`` is the delivery rule (docs/DESIGN.md §4) for any topic: each
   record ends as its effect or as a dead letter, and an offset is committed,
   explicitly per partition, only when every record before it in that partition
   is settled. Whatever raises — a decoder, a handler, a dead-letter publish, a
