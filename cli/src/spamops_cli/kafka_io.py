@@ -29,7 +29,11 @@ class RawRecord:
 
 async def _connected(settings: PlatformSettings) -> KafkaBroker:
     broker = make_broker(settings, client_id=CLIENT_ID)
-    await broker.connect()
+    try:
+        await broker.connect()
+    except BaseException:
+        await broker.stop()  # else the half-started producer is reported as unclosed
+        raise
     return broker
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -35,6 +36,36 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 out = Console()
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="Print the result as one JSON document on stdout.")
+]
+
+
+class _Output:
+    """Whether the user asked for JSON (``spamops --json CMD`` or ``CMD --json``)."""
+
+    json = False
+
+
+@app.callback()
+def _global_options(as_json: JsonFlag = False) -> None:
+    """spamops: train, register, deploy, serve and monitor a spam classifier on Kafka."""
+    _json_mode(as_json)
+
+
+def _json_mode(asked: bool) -> bool:
+    """JSON mode on when asked here or globally: the human output then goes to stderr,
+    so stdout carries exactly one JSON document for scripts."""
+    if asked and not _Output.json:
+        _Output.json = True
+        out.file = sys.stderr
+    return _Output.json
+
+
+def _result(data: Any) -> None:
+    """The command's result as JSON on stdout (JSON mode only)."""
+    if _Output.json:
+        sys.stdout.write(json.dumps(data, default=str) + "\n")
 
 
 def _platform(secure: bool | None = None) -> PlatformSettings:
@@ -79,6 +110,8 @@ def _run(coro: Coroutine[Any, Any, R]) -> R:
     from aiokafka.errors import (
         GroupAuthorizationFailedError,
         KafkaConnectionError,
+        KafkaTimeoutError,
+        NoBrokersAvailable,
         TopicAuthorizationFailedError,
     )
 
@@ -87,8 +120,17 @@ def _run(coro: Coroutine[Any, Any, R]) -> R:
     except (TopicAuthorizationFailedError, GroupAuthorizationFailedError) as exc:
         user = os.environ.get("SPAMOPS_KAFKA_SASL_USERNAME", "this user")
         raise _fail(f"Kafka refused {user}: {exc} (see the ACL table, README 'Security')") from exc
-    except KafkaConnectionError as exc:
-        raise _fail(f"cannot connect to Kafka (down, or wrong credentials?): {exc}") from exc
+    except (KafkaConnectionError, KafkaTimeoutError, NoBrokersAvailable) as exc:
+        raise _fail(_kafka_unreachable(exc)) from exc
+
+
+def _kafka_unreachable(exc: BaseException) -> str:
+    """One line for every command when Kafka cannot be reached."""
+    settings = PlatformSettings()
+    return (
+        f"Kafka at {settings.kafka_bootstrap} is not reachable ({type(exc).__name__}); "
+        "is the stack up (`spamops status`), are the credentials right?"
+    )
 
 
 def _admin_settings(secure: bool | None = None) -> PlatformSettings:
@@ -111,7 +153,7 @@ def _admin_settings(secure: bool | None = None) -> PlatformSettings:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -130,8 +172,10 @@ def up(
             "default: as this state directory was last started (plain for a new one).",
         ),
     ] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Install what is missing and start Kafka, Redis, MLflow, Triton and the services."""
+    _json_mode(as_json)
     from spamops_cli import stack
     from spamops_cli.stack.kafka_broker import Kafka
     from spamops_cli.stack.secrets import password_file, set_secure_state
@@ -149,6 +193,7 @@ def up(
     except stack.StackError as exc:
         raise _fail(str(exc)) from exc
     _print_status(settings)
+    _result({"components": [dataclasses.asdict(item) for item in stack.status(settings)]})
     if settings.kafka_secure:
         console.print(
             "Kafka: SASL/SCRAM and ACLs on. User commands take credentials from the "
@@ -161,12 +206,14 @@ def up(
 
 
 @app.command()
-def down() -> None:
+def down(as_json: JsonFlag = False) -> None:
     """Stop what `spamops up` started (data is kept)."""
     from spamops_cli import stack
 
+    _json_mode(as_json)
     stack.down(_admin_settings())
     console.print("stack stopped")
+    _result({"stopped": True})
 
 
 @app.command()
@@ -180,7 +227,7 @@ def status(
     from spamops_cli.overview import overview
 
     settings = _admin_settings()
-    if as_json:
+    if _json_mode(as_json):
         print(json.dumps(overview(settings).as_dict(), indent=2, default=str))
         return
     healthy = _print_status(settings)
@@ -293,10 +340,12 @@ def ingest(
         ),
     ] = False,
     timeout_minutes: Annotated[float, typer.Option(help="How long each wait lasts.")] = 30,
+    as_json: JsonFlag = False,
 ) -> None:
     """Build a content-addressed snapshot of the corpus and publish DatasetReady."""
     from spamops_cli.ingest import IngestError, run_ingest
 
+    _json_mode(as_json)
     settings = _settings()
     try:
         event = run_ingest(
@@ -331,6 +380,7 @@ def ingest(
                 registered=wait_registered or promote_first,
                 promote_first=promote_first,
             )
+    _result({"published": publish, "event": event.model_dump(mode="json")})
 
 
 def _first_event(
@@ -515,8 +565,10 @@ def publish_emails(
         str, typer.Option(help="x-environment header: staging or production.")
     ] = "production",
     topic: Annotated[str, typer.Option(help="Target topic.")] = "emails.inbox",
+    as_json: JsonFlag = False,
 ) -> None:
     """Send raw messages to emails.inbox (key: Message-ID or a hash of the bytes)."""
+    _json_mode(as_json)
     from rich.progress import Progress
     from spamops_features.mail import MailParseError, message_key, parse_email
 
@@ -546,16 +598,42 @@ def publish_emails(
     out.print(f"published {sent} message(s) to {topic} ({environment})")
     for record in records[:20]:
         out.print(f"  {record.key}")
+    _result({"topic": topic, "environment": environment, "keys": [r.key for r in records]})
 
 
-def _follow_events(topic: str, follow: bool, as_json: bool) -> None:
-    from spamops_runtime.replay import read_topic
+def _follow_events(
+    topic: str,
+    follow: bool,
+    as_json: bool,
+    *,
+    from_end: int | None = None,
+    key: str | None = None,
+    limit: int | None = None,
+) -> None:
+    """Print a topic's events (JSON lines in JSON mode), optionally one key's, at most ``limit``."""
+    from spamops_runtime.replay import read_topic, topic_partitions
     from spamops_schemas import EventDecodeError, decode_event
 
+    from spamops_cli.lookup import partition_of
+
+    as_json = _json_mode(as_json)
+    settings = _settings()
+
     async def run() -> None:
-        async for record in read_topic(_settings(), topic, follow=follow):
+        partitions = None
+        if key is not None:  # the catalogue keys these topics: one partition holds the key
+            partitions = [partition_of(key, await topic_partitions(settings, topic) or [0])]
+        shown = 0
+        async for record in read_topic(
+            settings, topic, follow=follow, last_n=from_end, partitions=partitions
+        ):
+            if key is not None and record.key != key:
+                continue
+            if limit is not None and shown >= limit:
+                return
+            shown += 1
             if as_json:
-                out.print_json(record.value.decode("utf-8", "replace"))
+                sys.stdout.write(record.value.decode("utf-8", "replace").strip() + "\n")
                 continue
             try:
                 event = decode_event(record.value)
@@ -565,7 +643,7 @@ def _follow_events(topic: str, follow: bool, as_json: bool) -> None:
             out.print(_summarize(event))
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+        _run(run())
 
 
 def _summarize(event: object) -> str:
@@ -590,9 +668,115 @@ def _summarize(event: object) -> str:
 def verdicts(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep waiting for more.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
+    from_end: Annotated[
+        int | None,
+        typer.Option("--from-end", help="Start N records before the end (per partition)."),
+    ] = None,
+    key: Annotated[str | None, typer.Option("--key", help="Only this message key's.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Stop after N verdicts.")] = None,
 ) -> None:
     """Print the verdicts on emails.verdicts."""
-    _follow_events("emails.verdicts", follow, as_json)
+    _follow_events("emails.verdicts", follow, as_json, from_end=from_end, key=key, limit=limit)
+
+
+@app.command()
+def verdict(
+    key: Annotated[str, typer.Argument(help="Message key (as on emails.inbox).")],
+    as_json: JsonFlag = False,
+) -> None:
+    """The latest verdict on one message. Exit code: 0 ham, 1 spam, 3 no verdict (yet)."""
+    from spamops_cli.lookup import find_verdicts
+
+    as_json = _json_mode(as_json)
+    found = _run(find_verdicts(_settings(), key))
+    if not found:
+        _result({"message_key": key, "verdict": None})
+        console.print(f"no verdict for {key} on emails.verdicts")
+        raise typer.Exit(3)
+    latest = found[-1]
+    _result(latest.model_dump(mode="json"))
+    if not as_json:
+        out.print(_summarize(latest))
+        if len(found) > 1:
+            console.print(f"({len(found)} verdicts on this key; the latest is shown)")
+    raise typer.Exit(1 if latest.verdict == "spam" else 0)
+
+
+@app.command()
+def models(as_json: JsonFlag = False) -> None:
+    """The model's versions: aliases, gate result, test figures and whether Triton serves it."""
+    from mlflow.exceptions import MlflowException
+
+    from spamops_cli.lookup import model_rows
+
+    as_json = _json_mode(as_json)
+    settings = _settings()
+    try:
+        rows = model_rows(settings)
+    except MlflowException as exc:
+        raise _fail(f"MLflow at {settings.mlflow_uri} cannot answer: {str(exc)[:200]}") from exc
+    _result([dataclasses.asdict(row) for row in rows])
+    if as_json:
+        return
+    table = Table(title=f"{settings.model_name} ({settings.mlflow_uri})")
+    for column in ("version", "aliases", "gate", "served", "created", "test figures", "run"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            str(row.version),
+            ", ".join(row.aliases),
+            row.gate,
+            "[green]yes[/]" if row.served else "no",
+            f"{row.created:%Y-%m-%d %H:%M}",
+            " ".join(f"{k.removeprefix('test_')}={v}" for k, v in row.metrics.items()),
+            row.run_id,
+        )
+    out.print(table)
+    if not rows:
+        console.print("no model version is registered yet")
+
+
+@app.command()
+def explain(
+    key: Annotated[str, typer.Argument(help="Message key (as on emails.inbox).")],
+    top: Annotated[int, typer.Option(help="How many contributions.")] = 10,
+    as_json: JsonFlag = False,
+) -> None:
+    """Why a message got its verdict: the top feature contributions of the deciding model."""
+    from mlflow.exceptions import MlflowException
+
+    from spamops_cli.lookup import NotFoundError, find_verdicts, inbox_record
+    from spamops_cli.lookup import explain as explain_verdict
+
+    as_json = _json_mode(as_json)
+    settings = _settings()
+    found = _run(find_verdicts(settings, key))
+    if not found:
+        raise _fail(f"no verdict for {key} on emails.verdicts", 3)
+    latest = found[-1]
+    if latest.inbox_partition is None or latest.inbox_offset is None:
+        raise _fail(f"the verdict on {key} does not say which inbox record it was for")
+    try:
+        raw = _run(inbox_record(settings, latest.inbox_partition, latest.inbox_offset))
+        result = explain_verdict(settings, latest, raw, top=top)
+    except (NotFoundError, MlflowException) as exc:
+        raise _fail(str(exc)[:300]) from exc
+    _result(result.as_dict())
+    if as_json:
+        return
+    out.print(_summarize(latest))
+    table = Table(title=f"why (model v{latest.model_version}; margin = bias + contributions)")
+    for column in ("feature", "value", "contribution (log-odds)"):
+        table.add_column(column)
+    for name, value, contribution in result.contributions:
+        colour = "red" if contribution > 0 else "green"
+        table.add_row(name, f"{value:.4g}", f"[{colour}]{contribution:+.3f}[/]")
+    out.print(table)
+    out.print(
+        f"bias {result.bias:+.3f}; recomputed probability {result.probability:.3f} "
+        f"(verdict: {latest.spam_probability:.3f}; they differ when the sender's reputation "
+        "changed since)"
+    )
 
 
 @app.command()
@@ -636,12 +820,12 @@ def redrive(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Send dead letters back to their original topic once the cause is fixed (idempotent)."""
-    import json
     from dataclasses import asdict
 
     from spamops_cli.redrive import RedriveError
     from spamops_cli.redrive import redrive as run_redrive
 
+    as_json = _json_mode(as_json)
     settings = _settings()
     since_ms = _since_ms(since) if since else None
 
@@ -717,10 +901,12 @@ def _approval_secret() -> str:
 @app.command()
 def demo(
     size: Annotated[int, typer.Option(help="Test-split messages to stream.")] = 500,
+    as_json: JsonFlag = False,
 ) -> None:
     """Stream a sample of the corpus (never trained on) and summarise the verdicts."""
     from spamops_cli.demo import run_demo
 
+    _json_mode(as_json)
     settings = _settings()
     with console.status(f"streaming {size} corpus messages through emails.inbox ..."):
         try:
@@ -744,6 +930,7 @@ def demo(
         f"  with kcat        kcat -b {settings.kafka_bootstrap} -P -t emails.inbox -k k1 mail.eml\n"
         "  the platform     spamops status"
     )
+    _result(dataclasses.asdict(summary))
     if summary.verdicts < summary.sent:
         raise _fail(f"{summary.sent - summary.verdicts} message(s) got no verdict in time")
 
@@ -751,10 +938,12 @@ def demo(
 @app.command(name="demo-drift")
 def demo_drift(
     approver: Annotated[str, typer.Option(help="Who approves the two promotions.")] = "on-call",
+    as_json: JsonFlag = False,
 ) -> None:
     """The temporal-shift scenario: -1 model, -2 stream with labels, drift, retraining."""
     from spamops_cli.scenario import ScenarioError, run_scenario
 
+    _json_mode(as_json)
     try:
         result = run_scenario(_settings(), log=out.print, approver=approver)
     except ScenarioError as exc:
@@ -766,6 +955,7 @@ def demo_drift(
         f"{result.seconds_to_production:.0f} s; false alarms on the no-drift stream: "
         f"{result.false_alarms}"
     )
+    _result(dataclasses.asdict(result))
 
 
 @app.command()
@@ -777,10 +967,12 @@ def approve(
     valid_for: Annotated[
         float, typer.Option(help="Seconds the approval stays valid (the bridge's maximum: 1 day).")
     ] = 3600.0,
+    as_json: JsonFlag = False,
 ) -> None:
     """Send PromotionApproved (signed when SPAMOPS_APPROVAL_SECRET is set; it expires)."""
     from spamops_cli.kafka_io import send_events
 
+    _json_mode(as_json)
     if version < 1:
         raise _fail("version must be >= 1", 2)
     if valid_for <= 0:
@@ -788,6 +980,7 @@ def approve(
     event = _approval(model, version, by, reason, valid_for)
     _run(send_events(_settings(), [event]))
     out.print(f"sent PromotionApproved {model} v{version} by {by} ({event.event_id})")
+    _result(event.model_dump(mode="json"))
 
 
 @app.command()
@@ -795,8 +988,10 @@ def label(
     key: Annotated[str, typer.Argument(help="Message key (as on emails.inbox).")],
     value: Annotated[str, typer.Argument(metavar="spam|ham")],
     by: Annotated[str, typer.Option("--by", help="Who labels.")] = os.environ.get("USER", "cli"),
+    as_json: JsonFlag = False,
 ) -> None:
     """Send EmailLabeled to emails.feedback."""
+    _json_mode(as_json)
     from spamops_schemas import EmailLabeled
 
     from spamops_cli.kafka_io import send_events
@@ -806,11 +1001,13 @@ def label(
     event = EmailLabeled(producer="spamops-cli", message_key=key, label=value, labelled_by=by)  # type: ignore[arg-type]
     _run(send_events(_settings(), [event]))
     out.print(f"labelled {key} as {value}")
+    _result(event.model_dump(mode="json"))
 
 
 @app.command(name="schema")
 def schema_cmd(
     event_type: Annotated[str, typer.Argument(help="Event type, e.g. PromotionApproved.")],
+    as_json: JsonFlag = False,  # the schema is JSON already: accepted for uniformity
 ) -> None:
     """Print an event's JSON Schema."""
     from spamops_schemas import EVENT_TYPES
@@ -822,5 +1019,20 @@ def schema_cmd(
     sys.stdout.write("\n")
 
 
+def main() -> None:
+    """The ``spamops`` entry point: a Kafka outage is one clear line and exit code 1."""
+    from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, NoBrokersAvailable
+
+    # aiokafka logs every failed connection attempt: the error line below says it once.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    # A producer that never connected is reported "unclosed" by asyncio at exit: noise here.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    try:
+        app()
+    except (KafkaConnectionError, KafkaTimeoutError, NoBrokersAvailable) as exc:
+        _fail(_kafka_unreachable(exc))
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -45,15 +45,22 @@ async def read_topic(
     idle_timeout_s: float = 2.0,
     client_id: str = "spamops-replay",
     since_ms: int | None = None,
+    partitions: Sequence[int] | None = None,
+    last_n: int | None = None,
 ) -> AsyncIterator[ReadRecord]:
     """Yield the records of ``topic`` without joining a consumer group.
 
     Without ``follow`` it stops at the end offsets it saw when it started.
-    ``since_ms`` starts each partition at its first record of that time or later.
+    ``since_ms`` starts each partition at its first record of that time or later;
+    ``last_n`` starts each partition ``last_n`` records before its end.
+    ``partitions``: read only these (default: all).
     """
-    partitions = await topic_partitions(settings, topic)
+    existing = await topic_partitions(settings, topic)
+    if partitions is not None:
+        existing = [p for p in existing if p in set(partitions)]
+    partitions = existing
     if not partitions:
-        return  # no such topic: nothing to read
+        return  # no such topic (or partition): nothing to read
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         client_id=client_id,
@@ -73,6 +80,11 @@ async def read_topic(
                     await consumer.seek_to_end(tp)
                 else:
                     consumer.seek(tp, found.offset)
+        elif last_n is not None:
+            ends = await consumer.end_offsets(assigned)
+            starts = await consumer.beginning_offsets(assigned)
+            for tp in assigned:
+                consumer.seek(tp, max(starts[tp], ends[tp] - max(0, last_n)))
         elif from_beginning:
             await consumer.seek_to_beginning(*assigned)
         else:
