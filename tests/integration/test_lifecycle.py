@@ -561,3 +561,42 @@ def test_status_shows_models_triton_lag_and_last_events(
     assert "emails.inbox.dlq" in view["dead_letters"]
     assert {"DatasetReady", "ModelTrained", "ModelRegistered"} <= set(view["last_events"])
     assert not view["errors"]
+
+
+def test_daily_work_commands_verdict_verdicts_models_explain(
+    bridge_stack: PlatformSettings,
+    registered_v1: tuple[ModelTrained, ModelRegistered, float],
+) -> None:
+    """`spamops verdict/verdicts/models/explain` on the real stack, as a script would use them."""
+    mails = {f"daily-{i}-{uuid.uuid4().hex[:6]}": sample_email(i, spam=i == 0) for i in range(2)}
+    asyncio.run(send(bridge_stack, "emails.inbox", list(mails.items())))
+    got = verdicts_for(bridge_stack, set(mails))
+    for key, [expected] in got.items():
+        one = spamops(bridge_stack, "verdict", key, "--json")
+        assert one.returncode == (1 if expected.verdict == "spam" else 0), one.stderr
+        found = json.loads(one.stdout)
+        assert (found["message_key"], found["verdict"]) == (key, expected.verdict)
+        listed = spamops(bridge_stack, "--json", "verdicts", "--key", key, "--limit", "5")
+        assert listed.returncode == 0, listed.stderr
+        [line] = listed.stdout.splitlines()
+        assert json.loads(line)["message_key"] == key
+    missing = spamops(bridge_stack, "verdict", "no-such-key-" + uuid.uuid4().hex)
+    assert missing.returncode == 3 and missing.stdout == ""
+
+    models = spamops(bridge_stack, "models", "--json")
+    assert models.returncode == 0, models.stderr
+    rows = {row["version"]: row for row in json.loads(models.stdout)}
+    deciding = rows[got[next(iter(mails))][0].model_version]
+    assert deciding["served"] and deciding["aliases"]  # it decided, so an alias serves it
+    assert deciding["gate"] == "passed" and "test_f1" in deciding["metrics"]
+
+    key = next(iter(mails))
+    explained = spamops(bridge_stack, "explain", key, "--top", "5", "--json")
+    assert explained.returncode == 0, explained.stderr
+    why = json.loads(explained.stdout)
+    assert len(why["contributions"]) == 5
+    assert all(c["feature"] for c in why["contributions"])
+    # The same booster and inputs as the served ONNX model: the same probability.
+    assert why["recomputed_probability"] == pytest.approx(why["spam_probability"], abs=1e-3)
+    margin = why["bias"] + sum(c["contribution"] for c in why["contributions"])
+    assert abs(margin) > 0  # the contributions are the model's, not zeros

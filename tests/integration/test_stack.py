@@ -286,3 +286,34 @@ async def test_down_then_up_keeps_the_data(stack_factory) -> None:
     local_stack.up(settings, fresh=True, components=["redis"])
     assert kv.get("kept-key") is None
     kv.close()
+
+
+def test_watch_starts_a_crashed_component_again_and_status_counts_it(stack_factory) -> None:
+    """`spamops up --watch`'s round: a killed Redis is started again; a stopped one is not."""
+    import os
+    import signal
+
+    from spamops_cli.stack.process import read_pid
+    from spamops_cli.stack.supervisor import crashed, supervise
+
+    settings = stack_factory(components=["redis"], name="supervised")
+    [redis_status] = [s for s in local_stack.status(settings) if s.name == "redis"]
+    assert redis_status.ready and redis_status.restarts == 0 and redis_status.pid
+    os.killpg(redis_status.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while "redis" not in crashed(settings):
+        assert time.monotonic() < deadline, "the killed Redis is not seen as crashed"
+        time.sleep(0.1)
+
+    done = supervise(settings)
+    assert done.restarted == ["redis"] and not done.failed
+    [after] = [s for s in local_stack.status(settings) if s.name == "redis"]
+    assert after.ready and after.restarts == 1 and after.pid != redis_status.pid
+    assert redis.Redis.from_url(settings.redis).ping()
+
+    # Stopped on purpose (the pid file goes with it): not a crash, not restarted.
+    local_stack.stop(settings, ["redis"])
+    assert read_pid(local_stack.StackPaths.from_settings(settings).run / "redis.pid") is None
+    assert supervise(settings).restarted == []
+    [stopped] = [s for s in local_stack.status(settings) if s.name == "redis"]
+    assert not stopped.running and stopped.restarts == 1

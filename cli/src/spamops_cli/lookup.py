@@ -108,7 +108,7 @@ class ModelRow:
     run_id: str
     created: datetime
     metrics: dict[str, float]
-    served: bool
+    served: bool  # loaded and ready in Triton (as <model>-<alias>)
 
 
 def model_rows(settings: PlatformSettings) -> list[ModelRow]:
@@ -125,10 +125,12 @@ def model_rows(settings: PlatformSettings) -> list[ModelRow]:
     try:
         key = settings.triton_repository_key()
         with TritonRepositoryClient(settings.triton_http, timeout=5, key=key) as triton:
+            # The bridge serves each alias as its own Triton model, <model>-<alias>.
             served = {
                 int(entry["version"])
                 for entry in triton.index(ready_only=True)
-                if entry.get("name") == name and str(entry.get("version", "")).isdigit()
+                if str(entry.get("name", "")).startswith(f"{name}-")
+                and str(entry.get("version", "")).isdigit()
             }
     except Exception:  # Triton down or refusing: nothing is shown as served
         served = set()

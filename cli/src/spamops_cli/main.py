@@ -172,6 +172,15 @@ def up(
             "default: as this state directory was last started (plain for a new one).",
         ),
     ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Stay in the foreground: start again what crashes, rotate the logs "
+            "(Ctrl-C leaves the stack running).",
+        ),
+    ] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between --watch rounds.")] = 5.0,
     as_json: JsonFlag = False,
 ) -> None:
     """Install what is missing and start Kafka, Redis, MLflow, Triton and the services."""
@@ -203,6 +212,27 @@ def up(
             f"  (approver: {password_file(settings, 'approver')}; "
             f"admin: {password_file(settings, 'admin')})"
         )
+    if watch:
+        _supervise(settings, interval)
+
+
+def _supervise(settings: PlatformSettings, interval: float) -> None:
+    """``up --watch``: a supervision round every ``interval`` seconds until Ctrl-C."""
+    import time
+
+    from spamops_cli.stack.supervisor import supervise
+
+    console.print(f"watching the stack every {interval:.0f} s (Ctrl-C stops watching)")
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            done = supervise(settings)
+            for name in done.restarted:
+                console.print(f"[yellow]{name} had crashed: started it again[/]", soft_wrap=True)
+            for name, error in done.failed.items():
+                console.print(f"[red]{name} crashed and did not start again: {error}[/]")
+            for path in done.rotated:
+                console.print(f"rotated {path}")
+            time.sleep(interval)
 
 
 @app.command()
@@ -293,7 +323,7 @@ def _print_status(settings: PlatformSettings) -> bool:
     from spamops_cli import stack
 
     table = Table(title=f"spamops stack ({settings.state_dir})")
-    for column in ("component", "running", "ready", "pid", "endpoint", "detail"):
+    for column in ("component", "running", "ready", "pid", "restarts", "endpoint", "detail"):
         table.add_column(column)
     healthy = True
     for item in stack.status(settings):
@@ -303,6 +333,7 @@ def _print_status(settings: PlatformSettings) -> bool:
             "yes" if item.running else "no",
             "[green]yes[/]" if item.ready else "[red]no[/]",
             str(item.pid or ""),
+            str(item.restarts or ""),
             item.endpoint,
             item.detail,
         )

@@ -56,6 +56,7 @@ class ComponentStatus:
     endpoint: str
     detail: str
     rss_bytes: int = 0  # resident memory of the process group (0 if not running)
+    restarts: int = 0  # times `spamops up --watch` started it again after a crash
 
 
 def _all(settings: PlatformSettings, paths: StackPaths) -> dict[str, Component]:
@@ -93,10 +94,13 @@ def up(
     wipes their data first. Raises StackError naming the component that failed,
     with the tail of its log. Topics of the catalogue are created once Kafka is up.
     """
+    from spamops_cli.stack.supervisor import rotate_logs
+
     selected = _select(settings, components)
     paths = StackPaths.from_settings(settings)
     paths.ensure()
     with file_lock(paths.run / ".lock"):
+        rotate_logs(settings)  # a process appends to its log on every start
         if fresh:
             # Wiping everything: processes started beside the stack (services) go too.
             _stop(paths, selected, others=components is None)
@@ -259,7 +263,10 @@ def _stop_pid(name: str, pid: int, timeout: float) -> None:
 
 def status(settings: PlatformSettings) -> list[ComponentStatus]:
     """Each component: our process running?, ready?, endpoint, a short detail, memory."""
+    from spamops_cli.stack.supervisor import restarts
+
     paths = StackPaths.from_settings(settings)
+    restarted = restarts(settings)
     result = []
     for component in _all(settings, paths).values():
         pid = read_pid(component.pid_file)
@@ -285,6 +292,7 @@ def status(settings: PlatformSettings) -> list[ComponentStatus]:
                 endpoint=component.endpoint(),
                 detail=detail,
                 rss_bytes=rss,
+                restarts=int(restarted.get(component.name, {}).get("count", 0)),
             )
         )
     return result

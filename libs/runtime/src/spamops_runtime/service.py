@@ -22,7 +22,10 @@ logger = logging.getLogger(__name__)
 def service_broker(service: str, settings: ServiceSettings) -> KafkaBroker:
     """The service's Kafka broker, with JSON logging configured first."""
     configure_logging(service, level=settings.platform.log_level, fmt=settings.platform.log_format)
-    configure_tracing(service, settings.platform.state_dir)
+    platform = settings.platform
+    configure_tracing(
+        service, platform.state_dir, max_bytes=platform.log_max_bytes, backups=platform.log_backups
+    )
     return make_broker(settings.platform, client_id=service)
 
 

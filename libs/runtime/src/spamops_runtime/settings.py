@@ -97,6 +97,15 @@ class PlatformSettings(BaseSettings):
     model_name: str = Field(default="spam-detector", description="MLflow registered model.")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: str = Field(default="json", description="json or text.")
+    log_max_bytes: int = Field(
+        default=50 * 2**20,
+        ge=0,
+        description="A service log or trace file larger than this is rotated (0 = never): "
+        "trace files by their writer, the stack's logs by `spamops up` and `up --watch`.",
+    )
+    log_backups: int = Field(
+        default=3, ge=0, description="Rotated files kept per log or trace file (name.1 ...)."
+    )
 
     @cached_property
     def state_dir(self) -> Path:
@@ -229,6 +238,8 @@ class PlatformSettings(BaseSettings):
             "SPAMOPS_MODEL_NAME": self.model_name,
             "SPAMOPS_LOG_LEVEL": self.log_level,
             "SPAMOPS_LOG_FORMAT": self.log_format,
+            "SPAMOPS_LOG_MAX_BYTES": str(self.log_max_bytes),
+            "SPAMOPS_LOG_BACKUPS": str(self.log_backups),
             "SPAMOPS_CORPUS_CACHE": str(self.corpus_cache_dir),
             "SPAMOPS_KAFKA_SECURITY_PROTOCOL": self.kafka_security_protocol,
             "SPAMOPS_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,

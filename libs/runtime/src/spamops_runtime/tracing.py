@@ -29,6 +29,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from spamops_runtime.rotation import rotate_if_larger
+
 _PROPAGATOR = TraceContextTextMapPropagator()
 _configured = False
 _lock = threading.Lock()
@@ -37,8 +39,10 @@ _lock = threading.Lock()
 class JsonLinesExporter(SpanExporter):
     """Finished spans as JSON lines in a file (the default without an OTLP endpoint)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, max_bytes: int = 0, backups: int = 0) -> None:
         self.path = path
+        self.max_bytes = max_bytes  # rotate above this size (0 = never)
+        self.backups = backups
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
@@ -65,16 +69,23 @@ class JsonLinesExporter(SpanExporter):
                     default=str,
                 )
             )
-        with self._lock, self.path.open("a", encoding="utf-8") as handle:
-            handle.write("\n".join(lines) + "\n")
+        with self._lock:
+            rotate_if_larger(self.path, self.max_bytes, self.backups, copytruncate=False)
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write("\n".join(lines) + "\n")
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
         """Nothing to release."""
 
 
-def configure_tracing(service: str, state_dir: Path) -> None:
-    """Install the process's tracer provider once (OTLP if configured, else JSON lines)."""
+def configure_tracing(
+    service: str, state_dir: Path, *, max_bytes: int = 0, backups: int = 0
+) -> None:
+    """Install the process's tracer provider once (OTLP if configured, else JSON lines).
+
+    The JSON-lines file is rotated above ``max_bytes`` (0 = never), ``backups`` kept.
+    """
     global _configured
     with _lock:
         if _configured:
@@ -88,7 +99,9 @@ def configure_tracing(service: str, state_dir: Path) -> None:
 
             exporter = OTLPSpanExporter()
         else:
-            exporter = JsonLinesExporter(state_dir / "traces" / f"{service}.jsonl")
+            exporter = JsonLinesExporter(
+                state_dir / "traces" / f"{service}.jsonl", max_bytes=max_bytes, backups=backups
+            )
         provider.add_span_processor(BatchSpanProcessor(exporter))
         trace.set_tracer_provider(provider)
         _configured = True

@@ -169,7 +169,9 @@ def build_app(settings: InferenceSettings | None = None) -> FastStream:
     # service_broker, with a producer that can send a dead letter as large as the
     # inbox allows (aiokafka's default is 1 MiB): see fit_dead_letter.
     configure_logging(SERVICE, level=platform.log_level, fmt=platform.log_format)
-    configure_tracing(SERVICE, platform.state_dir)
+    configure_tracing(
+        SERVICE, platform.state_dir, max_bytes=platform.log_max_bytes, backups=platform.log_backups
+    )
     broker = make_broker(
         platform,
         client_id=SERVICE,
