@@ -116,11 +116,16 @@ def model_rows(settings: PlatformSettings) -> list[ModelRow]:
     from datetime import UTC
 
     import mlflow
+    from spamops_runtime.model_registry import serving_aliases
     from spamops_runtime.triton_repo import TritonRepositoryClient
 
     client = mlflow.MlflowClient(tracking_uri=settings.mlflow_uri)
     name = settings.model_name
     versions = client.search_model_versions(f"name = '{name}'")
+    # search_model_versions leaves the versions' aliases out: the registered model has them.
+    aliases_of: dict[int, list[str]] = {}
+    for alias, number in serving_aliases(settings.mlflow_uri, name).items():
+        aliases_of.setdefault(number, []).append(alias)
     served: set[int] = set()
     try:
         key = settings.triton_repository_key()
@@ -146,7 +151,7 @@ def model_rows(settings: PlatformSettings) -> list[ModelRow]:
         rows.append(
             ModelRow(
                 version=int(version.version),
-                aliases=sorted(version.aliases or []),
+                aliases=sorted(aliases_of.get(int(version.version), [])),
                 gate=version.tags.get(TAG_GATE, ""),
                 run_id=run_id,
                 created=datetime.fromtimestamp(version.creation_timestamp / 1000, UTC),
