@@ -582,6 +582,12 @@ def test_daily_work_commands_verdict_verdicts_models_explain(
         assert json.loads(line)["message_key"] == key
     missing = spamops(bridge_stack, "verdict", "no-such-key-" + uuid.uuid4().hex)
     assert missing.returncode == 3 and missing.stdout == ""
+    # A label names the mail's inbox record, copied from its verdict (issue 17).
+    labelled_key, [labelled_verdict] = next(iter(got.items()))
+    labelled = spamops(bridge_stack, "label", labelled_key, "spam", "--by", "it", "--json")
+    assert labelled.returncode == 0, labelled.stderr
+    sent = json.loads(labelled.stdout)
+    assert (sent["inbox_partition"], sent["inbox_offset"]) == tuple(labelled_verdict.inbox_record)
 
     models = spamops(bridge_stack, "models", "--json")
     assert models.returncode == 0, models.stderr

@@ -194,6 +194,61 @@ async def test_a_redelivered_label_is_not_counted_twice() -> None:
     assert len(pushed) == 2
 
 
+async def test_a_reused_message_id_cannot_steer_a_label_to_another_sender() -> None:
+    """Keys a sender cannot steer (issue 17): the label names the inbox record of its verdict."""
+    from spamops_inference.handlers import on_email_labeled
+    from spamops_schemas import EmailLabeled
+
+    pushed: list[tuple[str, str]] = []
+    deps = await deps_for({"production": 2})
+    deps.push_label = lambda domain, label, at: pushed.append((domain, label))  # type: ignore[assignment,func-returntype,return-value]
+    honest = email(0)  # from example0.org
+    forged = email(1).replace(b"<m1@example.org>", b"<m0@example.org>")  # example1.org
+    result = await classify_batch(
+        [record(honest, 10, key="<m0@x>"), record(forged, 11, key="<m0@x>")], deps
+    )
+    [(_, first), (_, second)] = result.verdicts
+    assert (first.inbox_record, second.inbox_record) == ((0, 10), (0, 11))
+
+    # The key alone is ambiguous now: no reputation moves, whichever mail came last.
+    await on_email_labeled(EmailLabeled(message_key="<m0@x>", label="ham"), deps)
+    assert pushed == []
+    # Naming the record (as copied from the verdict) reaches exactly that mail's sender.
+    for verdict, label in ((first, "ham"), (second, "spam")):
+        await on_email_labeled(
+            EmailLabeled(
+                message_key="<m0@x>",
+                label=label,  # type: ignore[arg-type]
+                inbox_partition=verdict.inbox_partition,
+                inbox_offset=verdict.inbox_offset,
+            ),
+            deps,
+        )
+    assert pushed == [("example0.org", "ham"), ("example1.org", "spam")]
+    # A record named with another key is not that mail: nothing moves.
+    await on_email_labeled(
+        EmailLabeled(message_key="<other@x>", label="spam", inbox_partition=0, inbox_offset=10),
+        deps,
+    )
+    assert len(pushed) == 2
+
+
+def test_recent_senders_forget_the_oldest_and_a_single_mail_per_key_is_unambiguous() -> None:
+    from spamops_inference.adapters import RecentSenders
+    from spamops_schemas import InboxRecordRef
+
+    senders = RecentSenders(capacity=2)
+    senders.remember("a", InboxRecordRef(0, 1), "one.org")
+    senders.remember("b", InboxRecordRef(0, 2), "two.org")
+    senders.remember("a", InboxRecordRef(0, 3), "one.org")  # the same sender again: fine
+    assert senders.domain("a") == "one.org"
+    assert senders.domain("a", InboxRecordRef(0, 1)) is None  # the oldest: forgotten
+    assert senders.domain("a", InboxRecordRef(0, 3)) == "one.org"
+    senders.remember("c", InboxRecordRef(0, 4), "three.org")
+    assert senders.domain("b") is None  # forgotten (capacity 2)
+    assert senders.domain("c") == "three.org"
+
+
 async def test_a_version_triton_no_longer_serves_makes_it_read_the_catalogue_again() -> None:
     """Not an endless retry of the stale version: the aliases are read again, then retried."""
     from spamops_inference.adapters import ModelNotServedError

@@ -1019,19 +1019,58 @@ def label(
     key: Annotated[str, typer.Argument(help="Message key (as on emails.inbox).")],
     value: Annotated[str, typer.Argument(metavar="spam|ham")],
     by: Annotated[str, typer.Option("--by", help="Who labels.")] = os.environ.get("USER", "cli"),
+    record: Annotated[
+        str | None,
+        typer.Option(
+            "--record",
+            help="The mail's emails.inbox record PARTITION:OFFSET (default: its verdict's).",
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Send EmailLabeled to emails.feedback."""
-    _json_mode(as_json)
-    from spamops_schemas import EmailLabeled
+    """Send EmailLabeled to emails.feedback, naming the mail's inbox record (from its verdict).
+
+    A Message-ID is the sender's to choose: when several mails share KEY, say which
+    one with --record (the services refuse to guess).
+    """
+    from spamops_schemas import EmailLabeled, InboxRecordRef
 
     from spamops_cli.kafka_io import send_events
+    from spamops_cli.lookup import find_verdicts
 
+    _json_mode(as_json)
     if value not in {"spam", "ham"}:
         raise _fail("label must be spam or ham", 2)
-    event = EmailLabeled(producer="spamops-cli", message_key=key, label=value, labelled_by=by)  # type: ignore[arg-type]
-    _run(send_events(_settings(), [event]))
-    out.print(f"labelled {key} as {value}")
+    settings = _settings()
+    named: InboxRecordRef | None = None
+    if record is not None:
+        try:
+            partition, offset = (int(part) for part in record.split(":"))
+            named = InboxRecordRef(partition, offset)
+        except ValueError as exc:
+            raise _fail(f"--record {record!r}: use PARTITION:OFFSET, e.g. 3:1042", 2) from exc
+    else:
+        records = {
+            v.inbox_record for v in _run(find_verdicts(settings, key)) if v.inbox_record is not None
+        }
+        if len(records) > 1:
+            listed = ", ".join(f"{r.partition}:{r.offset}" for r in sorted(records))
+            raise _fail(f"{len(records)} mails share the key {key}: say which with --record "
+                        f"({listed})", 2)  # fmt: skip
+        named = next(iter(records), None)
+        if named is None:
+            console.print(f"no verdict for {key} yet: the label names no inbox record")
+    event = EmailLabeled(
+        producer="spamops-cli",
+        message_key=key,
+        label=value,  # type: ignore[arg-type]
+        labelled_by=by,
+        inbox_partition=named.partition if named else None,
+        inbox_offset=named.offset if named else None,
+    )
+    _run(send_events(settings, [event]))
+    where = f" (inbox record {named.partition}:{named.offset})" if named else ""
+    out.print(f"labelled {key} as {value}{where}")
     _result(event.model_dump(mode="json"))
 
 

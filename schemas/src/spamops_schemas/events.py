@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -170,6 +170,17 @@ class ModelPromoted(Event):
     triton_version: int | None = Field(default=None, description="Its Triton version.")
 
 
+class InboxRecordRef(NamedTuple):
+    """An emails.inbox record: the platform-assigned identity of one mail."""
+
+    partition: int
+    offset: int
+
+
+def _inbox_ref(partition: int | None, offset: int | None) -> InboxRecordRef | None:
+    return None if partition is None or offset is None else InboxRecordRef(partition, offset)
+
+
 class EmailClassified(Event):
     """The verdict on one inbox message (topic emails.verdicts)."""
 
@@ -192,8 +203,17 @@ class EmailClassified(Event):
     )
     shadow_version: int | None = Field(default=None)
     note: str = Field(default="", description="E.g. why staging classified a production request.")
-    inbox_partition: int | None = Field(default=None)
-    inbox_offset: int | None = Field(default=None)
+    inbox_partition: int | None = Field(
+        default=None, ge=0, description="Partition of the emails.inbox record judged."
+    )
+    inbox_offset: int | None = Field(
+        default=None, ge=0, description="Offset of the emails.inbox record judged."
+    )
+
+    @property
+    def inbox_record(self) -> InboxRecordRef | None:
+        """The judged inbox record: the platform's own id for this mail (not the Message-ID)."""
+        return _inbox_ref(self.inbox_partition, self.inbox_offset)
 
 
 class EmailLabeled(Event):
@@ -210,6 +230,22 @@ class EmailLabeled(Event):
     labelled_by: str = Field(default="unknown", description="Who gave the label.")
     sender_domain: str | None = Field(default=None, description="Sender domain, if known.")
     message_date: AwareDatetime | None = Field(default=None, description="Message Date.")
+    # The platform's id of the mail, copied from its verdict. A Message-ID is the sender's
+    # to choose: two mails can share one, and a label must not reach the wrong mail.
+    inbox_partition: int | None = Field(
+        default=None,
+        ge=0,
+        description="emails.inbox partition of the labelled mail (from its verdict); with "
+        "inbox_offset it names the mail exactly, whatever its Message-ID.",
+    )
+    inbox_offset: int | None = Field(
+        default=None, ge=0, description="emails.inbox offset of the labelled mail."
+    )
+
+    @property
+    def inbox_record(self) -> InboxRecordRef | None:
+        """The labelled inbox record when the label names it, else None (key only)."""
+        return _inbox_ref(self.inbox_partition, self.inbox_offset)
 
 
 class DriftedFeature(_Part):

@@ -10,7 +10,7 @@ from collections import OrderedDict
 import numpy as np
 from spamops_features.pipeline import FeaturePipeline
 from spamops_runtime.model_registry import serving_aliases
-from spamops_schemas import ModelTrained
+from spamops_schemas import InboxRecordRef, ModelTrained
 from spamops_schemas.registry import PIPELINE_ARTIFACT
 from spamops_schemas.registry import RUN_TAG_MODEL_TRAINED as TAG_MODEL_TRAINED
 
@@ -122,19 +122,57 @@ class TritonScorer:
 
 
 class RecentSenders:
-    """message key -> sender domain of recently classified mail (bounded, for feedback)."""
+    """The sender domains of recently classified mail, for labels (bounded).
+
+    Remembered per inbox record, the platform's own id of a mail. A label that
+    names its record (``EmailLabeled.inbox_record``, copied from the verdict)
+    gets exactly that mail's sender. A label with only a message key gets the
+    sender only when every remembered mail with that key has the same one: the
+    Message-ID is the sender's to choose, so a second mail reusing it must not
+    steer a label (and the reputation it moves) to its own domain or away.
+    """
 
     def __init__(self, capacity: int = 200_000) -> None:
-        self._items: OrderedDict[str, str] = OrderedDict()
+        self._by_record: OrderedDict[InboxRecordRef, tuple[str, str]] = OrderedDict()
+        self._by_key: dict[str, set[InboxRecordRef]] = {}
         self.capacity = capacity
 
-    def remember(self, key: str, domain: str) -> None:
-        """Keep the newest ``capacity`` keys."""
-        self._items[key] = domain
-        self._items.move_to_end(key)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+    def remember(self, key: str, record: InboxRecordRef, domain: str) -> None:
+        """Keep the newest ``capacity`` records."""
+        self._forget(record)
+        self._by_record[record] = (key, domain)
+        self._by_key.setdefault(key, set()).add(record)
+        while len(self._by_record) > self.capacity:
+            self._forget(next(iter(self._by_record)))
 
-    def domain(self, key: str) -> str | None:
-        """The sender domain of a classified message, if still remembered."""
-        return self._items.get(key)
+    def _forget(self, record: InboxRecordRef) -> None:
+        known = self._by_record.pop(record, None)
+        if known is None:
+            return
+        records = self._by_key.get(known[0])
+        if records is not None:
+            records.discard(record)
+            if not records:
+                del self._by_key[known[0]]
+
+    def domain(self, key: str, record: InboxRecordRef | None = None) -> str | None:
+        """The sender domain of a classified mail, if remembered and unambiguous.
+
+        Raises ``AmbiguousKeyError`` when only ``key`` is given and mails with
+        different senders share it.
+        """
+        if record is not None:
+            known = self._by_record.get(record)
+            return known[1] if known is not None and known[0] == key else None
+        domains = {self._by_record[r][1] for r in self._by_key.get(key, ())}
+        if len(domains) > 1:
+            raise AmbiguousKeyError(key, len(self._by_key[key]))
+        return next(iter(domains), None)
+
+
+class AmbiguousKeyError(LookupError):
+    """Several remembered mails with different senders share one message key."""
+
+    def __init__(self, key: str, mails: int) -> None:
+        super().__init__(f"{mails} mails with different senders share the message key {key!r}")
+        self.key = key

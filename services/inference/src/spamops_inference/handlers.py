@@ -31,9 +31,10 @@ from typing import Protocol
 import numpy as np
 from spamops_features.mail import MailParseError, ParsedEmail, message_key, parse_email
 from spamops_features.reputation import OnlineReputation
-from spamops_schemas import EmailClassified, EmailLabeled
+from spamops_schemas import EmailClassified, EmailLabeled, InboxRecordRef
 
 from spamops_inference.adapters import (
+    AmbiguousKeyError,
     ModelNotServedError,
     RecentSenders,
     TritonUnavailableError,
@@ -41,6 +42,7 @@ from spamops_inference.adapters import (
 from spamops_inference.ledger import AppliedLabels, MemoryAppliedLabels
 from spamops_inference.metrics import (
     END_TO_END_SECONDS,
+    LABELS_REFUSED,
     MESSAGES_IN,
     REPUTATION_DEGRADED,
     TRITON_RETRIES,
@@ -299,7 +301,11 @@ async def classify_batch(records: Sequence[InboxRecord], deps: InferenceDeps) ->
             )
             labels[verdict.verdict] += 1
             END_TO_END_SECONDS.observe(latency / 1000)
-            deps.senders.remember(item.key, item.email.sender_domain)
+            deps.senders.remember(
+                item.key,
+                InboxRecordRef(item.record.partition, item.record.offset),
+                item.email.sender_domain,
+            )
             verdicts[id(item.record)] = (item.record, verdict)
         for label, count in labels.items():
             VERDICTS.labels(label, str(model.version), environment).inc(count)
@@ -311,7 +317,16 @@ async def on_email_labeled(event: EmailLabeled, deps: InferenceDeps) -> None:
     """EmailLabeled -> the sender's reputation in Feast (online and offline)."""
     if deps.push_label is None:
         return
-    domain = event.sender_domain or deps.senders.domain(event.message_key)
+    try:
+        domain = event.sender_domain or deps.senders.domain(event.message_key, event.inbox_record)
+    except AmbiguousKeyError as exc:
+        LABELS_REFUSED.labels("ambiguous-key").inc()
+        logger.warning(
+            f"label refused: {exc}; it names no inbox record (copy inbox_partition and "
+            "inbox_offset from the verdict): reputation unchanged",
+            extra={"message_key": event.message_key},
+        )
+        return
     if not domain:
         logger.warning(
             "label for a message whose sender is unknown here: reputation unchanged",

@@ -30,3 +30,8 @@ REPUTATION_DEGRADED = Counter(
     "spamops_inference_reputation_degraded_total",
     "Batches scored with default reputation because Redis failed.",
 )
+LABELS_REFUSED = Counter(
+    "spamops_inference_labels_refused_total",
+    "Labels that moved no reputation, by reason (ambiguous-key: a reused Message-ID).",
+    ["reason"],
+)

@@ -19,7 +19,7 @@ import numpy as np
 from spamops_runtime.model_registry import is_not_found
 from spamops_runtime.replay import read_topic
 from spamops_runtime.settings import PlatformSettings
-from spamops_schemas import DatasetReady, EmailLabeled, ModelTrained
+from spamops_schemas import DatasetReady, EmailLabeled, InboxRecordRef, ModelTrained
 from spamops_schemas.codec import decode_event
 from spamops_schemas.errors import EventDecodeError
 from spamops_schemas.registry import (
@@ -77,10 +77,13 @@ class FeedbackMessage:
     label: str
     raw: bytes
     group: str = "feedback"
+    record: InboxRecordRef | None = None  # its emails.inbox record
 
     @property
     def source_id(self) -> str:
-        """Unique in a snapshot: ``feedback/<message key>``."""
+        """Unique in a snapshot: ``feedback/<inbox partition>-<offset>`` (else the key)."""
+        if self.record is not None:
+            return f"{self.group}/{self.record.partition}-{self.record.offset}"
         return f"{self.group}/{self.message_key}"
 
 
@@ -89,11 +92,16 @@ async def labelled_feedback(settings: PlatformSettings, since_ms: int) -> list[F
 
     Replays both topics from the beginning up to their current end (they are
     the log of record; their retention bounds how far back a retraining sees).
-    The last label of a key wins; invalid EmailLabeled records are skipped (the
-    monitor dead-letters them); labels whose message is not in emails.inbox
-    cannot become training examples and are logged.
+    A label that names its inbox record (copied from the verdict) labels exactly
+    that mail. A label with only a message key labels the mail with that key
+    only when one mail has it: the Message-ID is the sender's to choose, so when
+    several different mails share a key such a label is ambiguous and is left
+    out (logged), never given to whichever mail came last. The last label of a
+    mail wins; invalid EmailLabeled records are skipped (the monitor
+    dead-letters them); labels whose mail is not in emails.inbox are logged.
     """
-    labels: dict[str, str] = {}
+    by_record: dict[InboxRecordRef, tuple[str, str]] = {}  # record -> (key, label)
+    by_key: dict[str, str] = {}
     async for record in read_topic(settings, EMAILS_FEEDBACK, client_id="spamops-trainer"):
         if record.timestamp_ms <= since_ms:
             continue
@@ -101,17 +109,41 @@ async def labelled_feedback(settings: PlatformSettings, since_ms: int) -> list[F
             event = decode_event(record.value, EmailLabeled)
         except EventDecodeError:
             continue
-        labels[event.message_key] = event.label
-    if not labels:
+        if event.inbox_record is not None:
+            by_record[event.inbox_record] = (event.message_key, event.label)
+        else:
+            by_key[event.message_key] = event.label
+    if not by_record and not by_key:
         return []
-    found: dict[str, bytes] = {}
+    found: dict[InboxRecordRef, FeedbackMessage] = {}
+    with_key: dict[str, dict[bytes, InboxRecordRef]] = {}  # distinct mails per labelled key
     async for record in read_topic(settings, EMAILS_INBOX, client_id="spamops-trainer"):
-        if record.key in labels and record.value:
-            found[record.key] = record.value
-    missing = len(labels) - len(found)
-    if missing:
+        if not record.value or record.key is None:
+            continue
+        ref = InboxRecordRef(record.partition, record.offset)
+        named = by_record.get(ref)
+        if named is not None and named[0] == record.key:
+            found[ref] = FeedbackMessage(record.key, named[1], record.value, record=ref)
+        if record.key in by_key:
+            # The same bytes sent twice are one mail; different bytes are different mails.
+            with_key.setdefault(record.key, {}).setdefault(record.value, ref)
+    ambiguous = 0
+    for key, label in by_key.items():
+        mails = with_key.get(key, {})
+        if len(mails) > 1:
+            ambiguous += 1
+            logger.warning(
+                "label left out: several different mails share its message key and it names "
+                "no inbox record",
+                extra={"message_key": key, "mails": len(mails)},
+            )
+            continue
+        for raw, ref in mails.items():
+            found.setdefault(ref, FeedbackMessage(key, label, raw, record=ref))
+    missing = len(by_record) + len(by_key) - ambiguous - len(found)
+    if missing > 0:
         logger.warning("labelled messages not found in emails.inbox", extra={"missing": missing})
-    return [FeedbackMessage(key, labels[key], raw) for key, raw in sorted(found.items())]
+    return sorted(found.values(), key=lambda m: m.source_id)
 
 
 @dataclass
