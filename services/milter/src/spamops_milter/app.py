@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar, cast
 
@@ -210,6 +211,11 @@ def _register(settings: MilterSettings) -> None:
 
 def main(settings: MilterSettings | None = None) -> int:
     """Serve the MTA until SIGTERM/SIGINT (libmilter's own signal handling)."""
+    # libmilter stops cleanly on SIGTERM/SIGINT/SIGHUP by sigwait()ing for them in a
+    # thread of its own, and blocks them only in threads it starts itself. Block them
+    # before any thread exists (the /metrics server, httpx), or the kernel may hand a
+    # SIGTERM to one of those and its default action kills the process mid-mail.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     settings = settings or MilterSettings()
     configure_logging(SERVICE, level=settings.platform.log_level, fmt=settings.platform.log_format)
     SERVICE_READY.labels(SERVICE).set(0)
