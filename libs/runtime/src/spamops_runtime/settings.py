@@ -294,6 +294,7 @@ OTHER_VARIABLES: frozenset[str] = frozenset({
     "SPAMOPS_STACK_DIR",
     "SPAMOPS_DEPLOY_TOOLS",  # make deploy-check
     "SPAMOPS_IT_STACK",  # tests
+    "SPAMOPS_IT_GATEWAY",  # the milter's Postfix test: the gateway double or the stack's
     "SPAMOPS_FAULTS_REPORT",
 })  # fmt: skip
 
