@@ -69,6 +69,8 @@ class PostfixInstance:
     root: Path
     smtp_port: int
     milter_port: int | None = None
+    # Another milter socket than inet:127.0.0.1:<milter_port>, e.g. "unix:/path/milter.sock".
+    milter_spec: str | None = None
     domain: str = "spamops.test"
     users: tuple[str, ...] = ("alice", "bob")
     # How long Postfix waits for the milter (connect / each command / end of data).
@@ -141,13 +143,13 @@ class PostfixInstance:
         )
         connect, command, content = self.milter_timeouts_s
         milter = (
-            f"smtpd_milters = inet:127.0.0.1:{self.milter_port}\n"
+            f"smtpd_milters = {self.milter_spec or f'inet:127.0.0.1:{self.milter_port}'}\n"
             "milter_default_action = accept\n"
             "milter_protocol = 6\n"
             f"milter_connect_timeout = {connect}s\n"
             f"milter_command_timeout = {command}s\n"
             f"milter_content_timeout = {content}s\n"
-            if self.milter_port
+            if self.milter_port or self.milter_spec
             else ""
         )
         main_cf = f"""\
