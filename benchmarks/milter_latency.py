@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import smtplib
 import subprocess
 import sys
@@ -223,6 +224,7 @@ def main() -> None:
             milter.wait(15)
         if double is not None:
             double.stop()
+        shutil.rmtree(work, ignore_errors=True)
     count = metrics.get("spamops_milter_gateway_seconds_count", 0.0)
     if count < args.messages + args.warmup:
         sys.exit(f"milter_latency: the milter saw {count:.0f} mails, not every one: check it")
