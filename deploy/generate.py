@@ -174,6 +174,18 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ),
 )
 
+# The milter talks to the MTA and the gateway, not to Kafka: an image of its own (built
+# against libmilter), no Kafka user, no Kubernetes manifests generated (yet).
+MILTER = ServiceSpec(
+    name="milter",
+    summary="Postfix -> the gateway's classify path -> X-Spam-* headers, reject, quarantine",
+    requests={"cpu": "100m", "memory": "128Mi"},
+    limits={"cpu": "1", "memory": "512Mi"},
+)
+MILTER_BUILD_APT = ("gcc", "libc6-dev", "libmilter-dev")  # pymilter is built from source
+MILTER_RUNTIME_APT = ("libmilter1.0.1",)
+MILTER_PORT = 8890  # PlatformSettings.milter_port
+
 # Pods each service may reach: label selector and ports.
 PEERS: dict[str, tuple[dict[str, str], tuple[int, ...]]] = {
     "kafka": ({"strimzi.io/cluster": KAFKA_CLUSTER, "strimzi.io/kind": "Kafka"}, (9092,)),
@@ -468,12 +480,29 @@ def kafka_users_yaml() -> str:
 # --------------------------------------------------------------------------- images
 
 
-def dockerfile(spec: ServiceSpec) -> str:
+def _apt(packages: tuple[str, ...]) -> str:
+    if not packages:
+        return ""
+    return (
+        "RUN apt-get update \\\n"
+        f"    && apt-get install -y --no-install-recommends {' '.join(packages)} \\\n"
+        "    && rm -rf /var/lib/apt/lists/*\n"
+    )
+
+
+def dockerfile(
+    spec: ServiceSpec,
+    *,
+    build_apt: tuple[str, ...] = (),
+    runtime_apt: tuple[str, ...] = (),
+    extra_ports: tuple[int, ...] = (),
+) -> str:
     """Multi-stage Dockerfile of one service (build context: the repository root)."""
     members = ["schemas", "libs/runtime", "libs/features", "cli"] + [
-        f"services/{s.name}" for s in SERVICES
+        f"services/{s.name}" for s in (*SERVICES, MILTER)
     ]
     copy_manifests = "\n".join(f"COPY {m}/pyproject.toml {m}/" for m in members)
+    expose = " ".join(str(p) for p in (spec.port, *extra_ports))
     return f"""\
 # syntax=docker/dockerfile:1
 # {HEADER.format(source="deploy/generate.py")}
@@ -487,7 +516,7 @@ ENV UV_COMPILE_BYTECODE=1 \\
     UV_PROJECT_ENVIRONMENT=/opt/venv \\
     PIP_NO_CACHE_DIR=1 \\
     PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN pip install "uv=={UV_VERSION}"
+{_apt(build_apt)}RUN pip install "uv=={UV_VERSION}"
 WORKDIR /src
 # Dependencies first, from the lock file alone, so this layer survives code changes.
 COPY pyproject.toml uv.lock ./
@@ -503,7 +532,7 @@ FROM {PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="spamops-{spec.name}" \\
       org.opencontainers.image.description="spamops {spec.name}: {spec.summary}" \\
       org.opencontainers.image.source="https://github.com/spamops/spamops"
-RUN groupadd --system --gid {APP_UID} spamops \\
+{_apt(runtime_apt)}RUN groupadd --system --gid {APP_UID} spamops \\
     && useradd --system --uid {APP_UID} --gid spamops --home-dir {CONTAINER_HOME} \\
        --create-home --shell /usr/sbin/nologin spamops
 COPY --from=build /opt/venv /opt/venv
@@ -515,7 +544,7 @@ ENV PATH=/opt/venv/bin:$PATH \\
     SPAMOPS_SERVICE_NAME={spec.name}
 WORKDIR {CONTAINER_HOME}
 USER {APP_UID}:{APP_UID}
-EXPOSE {spec.port}
+EXPOSE {expose}
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \\
     CMD ["python", "/usr/local/bin/spamops-healthcheck", "{spec.name}"]
 ENTRYPOINT ["python", "-m", "{spec.module}"]
@@ -761,6 +790,12 @@ def generated_files() -> dict[Path, str]:
         Path("deploy/base/kafka/topics.yaml"): kafka_topics_yaml(),
         Path("deploy/base/kafka/users.yaml"): kafka_users_yaml(),
     }
+    files[Path("services/milter/Dockerfile")] = dockerfile(
+        MILTER,
+        build_apt=MILTER_BUILD_APT,
+        runtime_apt=MILTER_RUNTIME_APT,
+        extra_ports=(MILTER_PORT,),
+    )
     for spec in SERVICES:
         files[Path(f"services/{spec.name}/Dockerfile")] = dockerfile(spec)
         files[Path(f"deploy/base/services/{spec.name}.yaml")] = service_manifests(spec)

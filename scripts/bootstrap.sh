@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the local spamops stack needs, on a fresh Debian machine or
 # an already prepared one (each step is skipped when its result is there):
-#   apt packages (Java 17+, Maven, Redis, kcat, Node/npm, curl, libpython3.11, spamd),
+#   apt packages (Java 17+, Maven, Redis, kcat, Node/npm, curl, libpython3.11, spamd,
+#   libmilter-dev and a C compiler for pymilter, Postfix for the milter's end-to-end test),
 #   uv, the workspace's .venv, Kafka's jars and Triton's own virtual env.
 set -euo pipefail
 
@@ -38,11 +39,21 @@ has spamc || missing+=(spamc)
 # Triton's Python-backend stub links against the shared libpython3.11.
 libs=$( (ldconfig -p || /sbin/ldconfig -p) 2>/dev/null || true)
 [[ $libs == *libpython3.11.so.1.0* ]] || missing+=(libpython3.11)
+# The milter's pymilter is built from source against libmilter (uv sync below), and its
+# end-to-end test runs a private Postfix instance (the system one stays unconfigured).
+[[ -f /usr/include/libmilter/mfapi.h ]] || missing+=(libmilter-dev)
+has gcc || missing+=(gcc libc6-dev)
+[[ -x /usr/sbin/postfix ]] || missing+=(postfix)
 if ! has uv && ! python3 -m pip --version >/dev/null 2>&1; then missing+=(python3-pip); fi
 
 if ((${#missing[@]})); then
     say "apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    if [[ " ${missing[*]} " == *" postfix "* ]]; then
+        # No system mail configuration (and no system Postfix started): tests run their own.
+        echo "postfix postfix/main_mailer_type select No configuration" |
+            $SUDO debconf-set-selections
+    fi
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     if [[ " ${missing[*]} " == *" redis-server "* ]]; then

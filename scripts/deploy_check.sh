@@ -116,6 +116,6 @@ log "checkov"
   -d terraform --framework terraform
 "$TOOLS/checkov/bin/checkov" --config-file deploy/checkov.yaml \
   --framework dockerfile -f services/trainer/Dockerfile -f services/registry-bridge/Dockerfile \
-  -f services/inference/Dockerfile -f services/monitor/Dockerfile \
+  -f services/inference/Dockerfile -f services/monitor/Dockerfile -f services/milter/Dockerfile \
   -f deploy/docker/mlflow.Dockerfile -f deploy/docker/triton.Dockerfile
 log "all deploy checks passed"

@@ -23,6 +23,7 @@ DEFAULT_SERVICE_PORTS = {
     "registry-bridge": 9102,
     "inference": 9103,
     "monitor": 9104,
+    "milter": 9106,
 }
 
 

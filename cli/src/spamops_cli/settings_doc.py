@@ -20,6 +20,8 @@ from spamops_runtime.settings import OTHER_VARIABLES, PlatformSettings, field_en
 from spamops_cli.asyncapi import SERVICES
 
 OUT = Path(__file__).resolve().parents[3] / "docs" / "settings.md"
+# Services that are not FastStream apps (no AsyncAPI document) but have settings.
+OTHER_SERVICES = ("milter",)
 
 
 def _settings_class(service: str) -> type[BaseSettings]:
@@ -96,7 +98,7 @@ def render() -> str:
         "(`spamops_runtime.settings.PlatformSettings`).",
         PlatformSettings,
     )
-    for service in SERVICES:
+    for service in (*SERVICES, *OTHER_SERVICES):
         cls = _settings_class(service)
         lines += _table(
             service, f"`{cls.__module__}.{cls.__name__}`: {cls.__doc__ or ''}".strip(), cls

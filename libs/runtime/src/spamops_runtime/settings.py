@@ -22,6 +22,7 @@ DEFAULT_SERVICE_PORTS: dict[str, int] = {
     "registry-bridge": 9102,
     "inference": 9103,
     "monitor": 9104,
+    "milter": 9106,
 }
 
 
@@ -53,6 +54,11 @@ class PlatformSettings(BaseSettings):
         default=8001, description="Triton gRPC (the inference service's client)."
     )
     triton_metrics_port: int = Field(default=8002, description="Triton Prometheus metrics.")
+    milter_port: int = Field(
+        default=8890,
+        description="Where the milter listens for the MTA (Postfix smtpd_milters = "
+        "inet:host:milter_port).",
+    )
     kafka_bootstrap_servers: str | None = Field(
         default=None, description="Overrides host:kafka_port (e.g. a remote cluster)."
     )
@@ -228,6 +234,7 @@ class PlatformSettings(BaseSettings):
             "SPAMOPS_TRITON_HTTP_PORT": str(self.triton_http_port),
             "SPAMOPS_TRITON_GRPC_PORT": str(self.triton_grpc_port),
             "SPAMOPS_TRITON_METRICS_PORT": str(self.triton_metrics_port),
+            "SPAMOPS_MILTER_PORT": str(self.milter_port),
             "SPAMOPS_KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
             "SPAMOPS_REDIS_URL": self.redis,
             "SPAMOPS_MLFLOW_TRACKING_URI": self.mlflow_uri,
@@ -298,6 +305,7 @@ OTHER_VARIABLES: frozenset[str] = frozenset({
     "SPAMOPS_STACK_DIR",
     "SPAMOPS_DEPLOY_TOOLS",  # make deploy-check
     "SPAMOPS_IT_STACK",  # tests
+    "SPAMOPS_IT_GATEWAY",  # the milter's Postfix test: the gateway double or the stack's
     "SPAMOPS_FAULTS_REPORT",
 })  # fmt: skip
 
