@@ -100,6 +100,8 @@ class ServiceSpec:
     # Extra egress: (pod label selector, ports) pairs inside the namespace.
     talks_to: tuple[str, ...] = ()
     extra_env: tuple[dict[str, Any], ...] = field(default=())
+    # Ports the image serves besides metrics (the gateway's HTTP API).
+    extra_ports: tuple[int, ...] = ()
 
     @property
     def package(self) -> str:
@@ -171,6 +173,19 @@ SERVICES: tuple[ServiceSpec, ...] = (
         limits={"cpu": "1", "memory": "2Gi"},
         scaling=Scaling(min_replicas=1, max_replicas=3, cpu_percent=75),
         talks_to=("kafka", "mlflow"),
+    ),
+)
+
+# Services with an image but no deploy files yet (issue 16: compose and Kubernetes
+# for the gateway are still to come).
+IMAGE_ONLY: tuple[ServiceSpec, ...] = (
+    ServiceSpec(
+        name="gateway",
+        summary="HTTP API -> emails.inbox, answered from emails.verdicts",
+        requests={"cpu": "250m", "memory": "256Mi"},
+        limits={"cpu": "1", "memory": "512Mi"},
+        talks_to=("kafka", "redis"),
+        extra_ports=(8080,),
     ),
 )
 
@@ -470,8 +485,8 @@ def kafka_users_yaml() -> str:
 
 def dockerfile(spec: ServiceSpec) -> str:
     """Multi-stage Dockerfile of one service (build context: the repository root)."""
-    members = ["schemas", "libs/runtime", "libs/features", "cli"] + [
-        f"services/{s.name}" for s in SERVICES
+    members = ["schemas", "libs/runtime", "libs/features", "libs/client", "cli"] + [
+        f"services/{s.name}" for s in (*SERVICES, *IMAGE_ONLY)
     ]
     copy_manifests = "\n".join(f"COPY {m}/pyproject.toml {m}/" for m in members)
     return f"""\
@@ -515,7 +530,7 @@ ENV PATH=/opt/venv/bin:$PATH \\
     SPAMOPS_SERVICE_NAME={spec.name}
 WORKDIR {CONTAINER_HOME}
 USER {APP_UID}:{APP_UID}
-EXPOSE {spec.port}
+EXPOSE {" ".join(str(p) for p in (*spec.extra_ports, spec.port))}
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \\
     CMD ["python", "/usr/local/bin/spamops-healthcheck", "{spec.name}"]
 ENTRYPOINT ["python", "-m", "{spec.module}"]
@@ -765,6 +780,8 @@ def generated_files() -> dict[Path, str]:
         files[Path(f"services/{spec.name}/Dockerfile")] = dockerfile(spec)
         files[Path(f"deploy/base/services/{spec.name}.yaml")] = service_manifests(spec)
         files[Path(f"deploy/compose/env/{spec.name}.env")] = compose_service_env(spec)
+    for spec in IMAGE_ONLY:
+        files[Path(f"services/{spec.name}/Dockerfile")] = dockerfile(spec)
     return files
 
 
