@@ -9,7 +9,8 @@ detail, plus members such as ``message_key`` or ``reason``). Order of checks:
 API key (401, 403), rate limit (429), media type (415), size (413), content (422).
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI reads the route and dependency
+# signatures at runtime, and the dependencies are closures it could not resolve by name.
 
 import base64
 import binascii
