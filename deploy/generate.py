@@ -100,6 +100,8 @@ class ServiceSpec:
     # Extra egress: (pod label selector, ports) pairs inside the namespace.
     talks_to: tuple[str, ...] = ()
     extra_env: tuple[dict[str, Any], ...] = field(default=())
+    # Ports the image serves besides metrics (the gateway's HTTP API).
+    extra_ports: tuple[int, ...] = ()
 
     @property
     def package(self) -> str:
@@ -185,6 +187,18 @@ MILTER = ServiceSpec(
 MILTER_BUILD_APT = ("gcc", "libc6-dev", "libmilter-dev")  # pymilter is built from source
 MILTER_RUNTIME_APT = ("libmilter1.0.1",)
 MILTER_PORT = 8890  # PlatformSettings.milter_port
+# Services with an image but no deploy files yet (issue 16: compose and Kubernetes
+# for the gateway are still to come).
+IMAGE_ONLY: tuple[ServiceSpec, ...] = (
+    ServiceSpec(
+        name="gateway",
+        summary="HTTP API -> emails.inbox, answered from emails.verdicts",
+        requests={"cpu": "250m", "memory": "256Mi"},
+        limits={"cpu": "1", "memory": "512Mi"},
+        talks_to=("kafka", "redis"),
+        extra_ports=(8080,),
+    ),
+)
 
 # Pods each service may reach: label selector and ports.
 PEERS: dict[str, tuple[dict[str, str], tuple[int, ...]]] = {
@@ -498,11 +512,11 @@ def dockerfile(
     extra_ports: tuple[int, ...] = (),
 ) -> str:
     """Multi-stage Dockerfile of one service (build context: the repository root)."""
-    members = ["schemas", "libs/runtime", "libs/features", "cli"] + [
-        f"services/{s.name}" for s in (*SERVICES, MILTER)
+    members = ["schemas", "libs/runtime", "libs/features", "libs/client", "cli"] + [
+        f"services/{s.name}" for s in (*SERVICES, *IMAGE_ONLY, MILTER)
     ]
     copy_manifests = "\n".join(f"COPY {m}/pyproject.toml {m}/" for m in members)
-    expose = " ".join(str(p) for p in (spec.port, *extra_ports))
+    expose = " ".join(str(p) for p in (*extra_ports, *spec.extra_ports, spec.port))
     return f"""\
 # syntax=docker/dockerfile:1
 # {HEADER.format(source="deploy/generate.py")}
@@ -800,6 +814,8 @@ def generated_files() -> dict[Path, str]:
         files[Path(f"services/{spec.name}/Dockerfile")] = dockerfile(spec)
         files[Path(f"deploy/base/services/{spec.name}.yaml")] = service_manifests(spec)
         files[Path(f"deploy/compose/env/{spec.name}.env")] = compose_service_env(spec)
+    for spec in IMAGE_ONLY:
+        files[Path(f"services/{spec.name}/Dockerfile")] = dockerfile(spec)
     return files
 
 

@@ -53,7 +53,7 @@ if [ ! -f "$DATA/meta.properties" ]; then
   {
     echo kafka.tools.StorageTool format --ignore-formatted
     echo -t "${CLUSTER_ID:-5L6g3nShT-eMCtK--X86sw}" -c "\"$CONF\""
-    for name in admin spamops-trainer spamops-registry-bridge spamops-inference spamops-monitor approver operator; do
+    for name in admin spamops-trainer spamops-registry-bridge spamops-inference spamops-monitor spamops-gateway approver operator; do
       echo --add-scram "\"SCRAM-SHA-512=[name=$name,password=$(pw "$name")]\""
     done
   } > "$ARGS"

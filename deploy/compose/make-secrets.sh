@@ -8,7 +8,7 @@ set -eu
 cd "$(dirname "$0")/../.."
 DIR=deploy/compose/secrets
 mkdir -p "$DIR" && chmod 700 "$DIR"
-for name in admin spamops-trainer spamops-registry-bridge spamops-inference spamops-monitor approver operator kafka-controller; do
+for name in admin spamops-trainer spamops-registry-bridge spamops-inference spamops-monitor spamops-gateway approver operator kafka-controller; do
   file="$DIR/$name.password"
   [ -s "$file" ] && continue
   (umask 022 && head -c 48 /dev/urandom | base64 | tr -d '/+=\n' | cut -c1-32 > "$file")

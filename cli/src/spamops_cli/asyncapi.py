@@ -15,13 +15,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SERVICES = ("trainer", "registry-bridge", "inference", "monitor")
+SERVICES = ("trainer", "registry-bridge", "inference", "monitor", "gateway")
 # What each service publishes (FastStream only knows what it subscribes to).
 WRITES: dict[str, tuple[str, ...]] = {
     "trainer": ("models.trained", "datasets.ready"),
     "registry-bridge": ("models.registered", "models.rejected", "models.promoted"),
     "inference": ("emails.verdicts",),
     "monitor": ("monitoring.drift",),
+    "gateway": ("emails.inbox", "emails.feedback"),
 }
 RAW_EMAIL_SCHEMA: dict[str, Any] = {
     "title": "RawEmail",

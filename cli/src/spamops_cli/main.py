@@ -1074,6 +1074,92 @@ def label(
     _result(event.model_dump(mode="json"))
 
 
+def _gateway_client() -> Any:
+    """A client of the gateway: SPAMOPS_API_KEY, else the local stack's key file."""
+    from spamops_client import SpamopsClient
+
+    settings = _platform()
+    key = os.environ.get("SPAMOPS_API_KEY", "").strip()
+    if not key:
+        try:
+            key = settings.gateway_api_key_path.read_text("utf-8").strip()
+        except OSError:
+            raise _fail(
+                f"no API key: set SPAMOPS_API_KEY or start the local stack "
+                f"(it writes {settings.gateway_api_key_path})",
+                2,
+            ) from None
+    return SpamopsClient(settings.gateway_http, key)
+
+
+@app.command()
+def classify(
+    path: Annotated[Path, typer.Argument(help="An .eml file (raw RFC 822).")],
+    environment: Annotated[
+        str, typer.Option(help="X-Environment: staging or production.")
+    ] = "production",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the verdict as JSON.")] = False,
+    wait: Annotated[
+        bool, typer.Option(help="Wait for the verdict (--no-wait: print the key only).")
+    ] = True,
+) -> None:
+    """Classify an email through the gateway's HTTP API (POST /v1/classify)."""
+    import httpx
+    from spamops_client import SpamopsError
+
+    if environment not in {"staging", "production"}:
+        raise _fail("--environment must be staging or production", 2)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise _fail(f"cannot read {path}: {exc.strerror}", 2) from None
+    with _gateway_client() as client:
+        try:
+            if not wait:
+                out.print(client.submit(raw, environment=environment))
+                return
+            verdict = client.classify(raw, environment=environment)
+        except SpamopsError as exc:
+            if as_json:
+                out.print_json(json.dumps(exc.problem))
+            raise _fail(str(exc)) from None
+        except httpx.HTTPError as exc:
+            raise _fail(f"cannot reach the gateway: {exc}") from None
+    if as_json:
+        out.print_json(verdict.model_dump_json())
+        return
+    out.print(
+        f"{verdict.verdict} (p={verdict.spam_probability:.3f}, threshold {verdict.threshold:.3f}, "
+        f"{verdict.model_name} v{verdict.model_version}, {verdict.environment}) "
+        f"key {verdict.message_key}"
+    )
+
+
+gateway_key = typer.Typer(help="API keys of the gateway (stored hashed).", no_args_is_help=True)
+app.add_typer(gateway_key, name="gateway-key")
+
+
+@gateway_key.command("create")
+def gateway_key_create(
+    name: Annotated[str, typer.Option(help="Who holds the key (logs, rate limits).")],
+    roles: Annotated[str, typer.Option(help="Comma-separated: classify, label.")] = "classify",
+    keys_file: Annotated[
+        Path | None,
+        typer.Option(help="The gateway's key file (default <home>/secrets/gateway-keys.json)."),
+    ] = None,
+) -> None:
+    """Create an API key: its hash goes to the key file, the key is printed once."""
+    from spamops_runtime.api_keys import ApiKeyError, add_key
+
+    path = keys_file or _platform().gateway_keys_path
+    try:
+        key = add_key(path, name, roles.split(","))
+    except ApiKeyError as exc:
+        raise _fail(str(exc), 2) from None
+    console.print(f"key {name!r} ({roles}) added to {path}; it is shown only now:")
+    out.print(key)
+
+
 @app.command(name="schema")
 def schema_cmd(
     event_type: Annotated[str, typer.Argument(help="Event type, e.g. PromotionApproved.")],

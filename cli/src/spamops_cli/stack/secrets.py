@@ -9,12 +9,13 @@ Kafka runs with SASL/SCRAM and ACLs, so later commands know without a flag.
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 
 from spamops_runtime.acl import ADMIN, principals
+from spamops_runtime.api_keys import ROLES, add_key
+from spamops_runtime.api_keys import write_private as write_private
 from spamops_runtime.settings import PlatformSettings
 
 # Name of the file of the controller listener's static PLAIN password (not a password).
@@ -52,17 +53,6 @@ def _private_dir(path: Path) -> None:
     path.chmod(0o700)
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to a new file readable by its owner only (never world-readable)."""
-    _private_dir(path.parent)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    tmp.replace(path)
-
-
 def ensure_random_file(
     path: Path, token: Callable[[], str] = lambda: secrets.token_urlsafe(24)
 ) -> Path:
@@ -98,3 +88,16 @@ def approval_key_path(settings: PlatformSettings) -> Path:
 def approval_key_file(settings: PlatformSettings) -> Path:
     """The local secure stack's approval key file (created when missing)."""
     return ensure_random_file(approval_key_path(settings), lambda: secrets.token_hex(32))
+
+
+def gateway_key_file(settings: PlatformSettings) -> Path:
+    """The local stack's gateway API key (both roles), created on first use.
+
+    The key in clear goes to ``<state>/secrets/gateway-api.key`` (0600) for the
+    CLI and the tests; the gateway's key file keeps only its hash.
+    """
+    path = settings.gateway_api_key_path
+    if not path.is_file():
+        key = add_key(settings.gateway_keys_path, "local", sorted(ROLES))
+        write_private(path, key + "\n")
+    return path

@@ -1,4 +1,4 @@
-"""The four spamops services as processes of the local stack.
+"""The spamops services as processes of the local stack.
 
 Each runs ``python -m spamops_<name>`` from the workspace's environment, with
 the stack's settings exported as SPAMOPS_* variables, and is ready when its
@@ -44,9 +44,13 @@ class Service(Component):
         """The metrics port (Kafka is reached as a client)."""
         return [self.metrics_port]
 
-    def endpoint(self) -> str:
-        """Prometheus metrics URL."""
+    def metrics_url(self) -> str:
+        """Prometheus metrics URL (and the readiness gauge)."""
         return f"http://{self.settings.host}:{self.metrics_port}/metrics"
+
+    def endpoint(self) -> str:
+        """Where to look at it: its metrics."""
+        return self.metrics_url()
 
     def cmdline_marker(self) -> str:
         """``-m spamops_<name>``."""
@@ -84,7 +88,7 @@ class Service(Component):
     def is_ready(self, timeout: float = 2.0) -> bool:
         """``spamops_service_ready{service="<name>"} 1.0`` on /metrics."""
         try:
-            response = httpx.get(self.endpoint(), timeout=timeout)
+            response = httpx.get(self.metrics_url(), timeout=timeout)
         except httpx.HTTPError:
             return False
         pattern = rf'^spamops_service_ready\{{service="{re.escape(self.name)}"\}} 1\.0$'
@@ -140,4 +144,28 @@ class Monitor(Service):
     module = "spamops_monitor"
 
 
-SERVICES: tuple[type[Service], ...] = (Trainer, RegistryBridge, Inference, Monitor)
+class Gateway(Service):
+    """HTTP API: emails to emails.inbox, answered from emails.verdicts."""
+
+    name = "gateway"
+    module = "spamops_gateway"
+
+    def ports(self) -> list[int]:
+        """The metrics port and the HTTP API's."""
+        return [self.metrics_port, self.settings.gateway_port]
+
+    def endpoint(self) -> str:
+        """The HTTP API (OpenAPI at /docs)."""
+        return self.settings.gateway_http
+
+    def prepare(self) -> None:
+        """The data directory, and the local API key on first start (both roles).
+
+        Its hash goes to the gateway's key file; the key itself to
+        ``<state>/secrets/gateway-api.key`` (0600), which ``spamops classify`` reads.
+        """
+        super().prepare()
+        secrets.gateway_key_file(self.settings)
+
+
+SERVICES: tuple[type[Service], ...] = (Trainer, RegistryBridge, Inference, Monitor, Gateway)

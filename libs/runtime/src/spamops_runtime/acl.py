@@ -15,6 +15,9 @@ What a row grants:
   ``-feedback`` and per-process ``-control-<id>`` groups), and Write +
   Describe on the topic's ``.dlq`` twin (a refused record is dead-lettered
   next to where it was read);
+* followed topic: Read + Describe, read in the principal's consumer groups like
+  a consumed one but never dead-lettered, so no ``.dlq`` twin (the gateway
+  follows ``emails.inbox.dlq`` to answer a refused request at once);
 * replayed topic: Read + Describe (``read_topic`` assigns partitions, no group);
 * produced topic: Write + Describe (idempotent producers need nothing more
   since Kafka 3.0, KIP-679).
@@ -44,6 +47,7 @@ class Access:
     """What one principal may do with the catalogue's topics."""
 
     consumes: tuple[str, ...] = ()  # in consumer groups named <principal>*
+    follows: tuple[str, ...] = ()  # in those groups too, but never dead-lettered
     replays: tuple[str, ...] = ()  # read without a group
     produces: tuple[str, ...] = ()
     description: str = ""
@@ -51,7 +55,7 @@ class Access:
     @property
     def groups(self) -> bool:
         """Whether the principal joins consumer groups."""
-        return bool(self.consumes)
+        return bool(self.consumes or self.follows)
 
 
 def service_principal(service: str) -> str:
@@ -83,6 +87,14 @@ ACCESS: dict[str, Access] = {
         produces=("monitoring.drift",),
         description="monitor service",
     ),
+    # The HTTP door: publishes what its callers send and answers with the verdicts
+    # (every instance reads every verdict in a group of its own, spamops-gateway-<id>).
+    service_principal("gateway"): Access(
+        consumes=("emails.verdicts",),
+        follows=("emails.inbox.dlq",),
+        produces=("emails.inbox", "emails.feedback"),
+        description="gateway service (HTTP API)",
+    ),
     APPROVER: Access(
         replays=("models.registered", "models.rejected", "models.promoted"),
         produces=("models.promotion-approved",),
@@ -103,6 +115,8 @@ ACCESS: dict[str, Access] = {
     ),
 }
 
+# The four stream services (each with its deploy files); the gateway has its row above
+# and its deploy files are still to come (issue 16).
 SERVICES: tuple[str, ...] = ("trainer", "registry-bridge", "inference", "monitor")
 
 
@@ -170,12 +184,12 @@ def acl_rules(access: dict[str, Access] | None = None) -> list[AclRule]:
             rules.add(AclRule(principal, ResourceType.TOPIC, name, PatternType.LITERAL, op))
 
     for principal, row in table.items():
-        for names in (row.consumes, row.replays, row.produces):
+        for names in (row.consumes, row.follows, row.replays, row.produces):
             _check_topics(principal, names)
         for name in row.consumes:
             topic(principal, name, Operation.READ, Operation.DESCRIBE)
             topic(principal, name + DLQ_SUFFIX, Operation.WRITE, Operation.DESCRIBE)
-        for name in row.replays:
+        for name in (*row.follows, *row.replays):
             topic(principal, name, Operation.READ, Operation.DESCRIBE)
         for name in row.produces:
             topic(principal, name, Operation.WRITE, Operation.DESCRIBE)

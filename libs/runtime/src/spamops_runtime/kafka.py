@@ -386,6 +386,33 @@ async def publish_event(
     EVENTS_PUBLISHED.labels(service, target, event.event_type).inc()
 
 
+async def publish_raw(
+    broker: KafkaBroker,
+    value: bytes,
+    *,
+    topic: str,
+    key: str | None,
+    correlation_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    service: str = "spamops",
+) -> None:
+    """Publish bytes that are not an event (a raw email) and wait for Kafka's ack.
+
+    The same trace and correlation headers as ``publish_event``: the current
+    span's ``traceparent`` and ``x-correlation-id`` when one is given.
+    """
+    extra = dict(headers or {})
+    if correlation_id is not None:
+        extra[H_CORRELATION_ID] = correlation_id
+    await broker.publish(
+        value,
+        topic=topic,
+        key=key.encode("utf-8") if key is not None else None,
+        headers=outgoing_headers(None, extra),
+    )
+    EVENTS_PUBLISHED.labels(service, topic, "raw").inc()
+
+
 def dead_letter_headers(
     record: RecordContext,
     *,

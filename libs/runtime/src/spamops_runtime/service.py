@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Awaitable, Callable, Sequence
 
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
@@ -29,11 +30,25 @@ def service_broker(service: str, settings: ServiceSettings) -> KafkaBroker:
     return make_broker(settings.platform, client_id=service)
 
 
-def service_app(service: str, settings: ServiceSettings, broker: KafkaBroker) -> FastStream:
+Hook = Callable[[], Awaitable[None]]
+
+
+def service_app(
+    service: str,
+    settings: ServiceSettings,
+    broker: KafkaBroker,
+    *,
+    before_ready: Sequence[Hook] = (),
+    before_stop: Sequence[Hook] = (),
+) -> FastStream:
     """A FastStream app whose start serves /metrics and whose stop is logged.
 
     FastStream stops consumers first and lets in-flight handlers finish
     (graceful_timeout), so what was handled gets committed on SIGTERM.
+    ``before_ready`` runs once the broker is started, before the readiness gauge
+    turns 1 (e.g. the gateway's HTTP server); ``before_stop`` runs first on
+    shutdown, while the broker still runs (e.g. draining HTTP requests that wait
+    for a verdict).
     """
     app = FastStream(broker, specification=AsyncAPI(title=f"spamops {service}", version="0.1.0"))
 
@@ -57,12 +72,16 @@ def service_app(service: str, settings: ServiceSettings, broker: KafkaBroker) ->
 
     @app.after_startup
     async def _started() -> None:
+        for hook in before_ready:
+            await hook()
         SERVICE_READY.labels(service).set(1)  # what `spamops up` waits for
         logger.info("service ready")
 
     @app.on_shutdown
     async def _stopping() -> None:
         SERVICE_READY.labels(service).set(0)
+        for hook in before_stop:
+            await hook()
 
     @app.after_shutdown
     async def _stopped() -> None:

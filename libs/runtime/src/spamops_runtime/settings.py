@@ -22,6 +22,7 @@ DEFAULT_SERVICE_PORTS: dict[str, int] = {
     "registry-bridge": 9102,
     "inference": 9103,
     "monitor": 9104,
+    "gateway": 9105,
     "milter": 9106,
 }
 
@@ -59,6 +60,7 @@ class PlatformSettings(BaseSettings):
         description="Where the milter listens for the MTA (Postfix smtpd_milters = "
         "inet:host:milter_port).",
     )
+    gateway_port: int = Field(default=8080, description="The gateway's HTTP API.")
     kafka_bootstrap_servers: str | None = Field(
         default=None, description="Overrides host:kafka_port (e.g. a remote cluster)."
     )
@@ -69,6 +71,9 @@ class PlatformSettings(BaseSettings):
     triton_url: str | None = Field(default=None, description="Overrides host:triton_grpc_port.")
     triton_http_url: str | None = Field(
         default=None, description="Overrides host:triton_http_port."
+    )
+    gateway_url: str | None = Field(
+        default=None, description="Overrides http://host:gateway_port (the clients' gateway)."
     )
     triton_repository_key_file: Path | None = Field(
         default=None,
@@ -205,6 +210,21 @@ class PlatformSettings(BaseSettings):
         return self.triton_http_url or f"{self.host}:{self.triton_http_port}"
 
     @property
+    def gateway_http(self) -> str:
+        """Base URL of the gateway's HTTP API for clients."""
+        return self.gateway_url or f"http://{self.host}:{self.gateway_port}"
+
+    @property
+    def gateway_keys_path(self) -> Path:
+        """The gateway's API keys, hashed (``spamops_runtime.api_keys``)."""
+        return self.state_dir / "secrets" / "gateway-keys.json"
+
+    @property
+    def gateway_api_key_path(self) -> Path:
+        """The local stack's own gateway API key, in clear (mode 0600), for the CLI."""
+        return self.state_dir / "secrets" / "gateway-api.key"
+
+    @property
     def triton_repository_key_path(self) -> Path:
         """Where the key of Triton's model-repository API is kept."""
         if self.triton_repository_key_file is not None:
@@ -235,11 +255,13 @@ class PlatformSettings(BaseSettings):
             "SPAMOPS_TRITON_GRPC_PORT": str(self.triton_grpc_port),
             "SPAMOPS_TRITON_METRICS_PORT": str(self.triton_metrics_port),
             "SPAMOPS_MILTER_PORT": str(self.milter_port),
+            "SPAMOPS_GATEWAY_PORT": str(self.gateway_port),
             "SPAMOPS_KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
             "SPAMOPS_REDIS_URL": self.redis,
             "SPAMOPS_MLFLOW_TRACKING_URI": self.mlflow_uri,
             "SPAMOPS_TRITON_URL": self.triton_grpc,
             "SPAMOPS_TRITON_HTTP_URL": self.triton_http,
+            "SPAMOPS_GATEWAY_URL": self.gateway_http,
             "SPAMOPS_TRITON_REPOSITORY_KEY_FILE": str(self.triton_repository_key_path),
             "SPAMOPS_SERVICE_PORTS": json.dumps(self.service_ports),
             "SPAMOPS_MODEL_NAME": self.model_name,
@@ -293,6 +315,7 @@ class ServiceSettings(BaseSettings):
 # SPAMOPS_* variables read outside the settings classes: tools, containers, tests.
 OTHER_VARIABLES: frozenset[str] = frozenset({
     "SPAMOPS_AUTO_PROMOTE",  # spamops ingest --promote-first
+    "SPAMOPS_API_KEY",  # spamops classify: the gateway API key (else the local stack's)
     "SPAMOPS_CODE_VERSION",  # the git commit recorded on MLflow runs
     "SPAMOPS_APPROVERS",  # docker-compose: SPAMOPS_REGISTRY_BRIDGE_APPROVERS
     # The registry-bridge's approval keys, also read by `spamops approve`.

@@ -1,0 +1,1 @@
+"""spamops gateway: HTTP API -> emails.inbox, answered from emails.verdicts"""
