@@ -45,8 +45,8 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 def free_port_settings(home: Path) -> PlatformSettings:
     """Settings of a stack in ``home`` on free ports (ignoring SPAMOPS_* overrides)."""
-    kafka, controller, redis, mlflow, http, grpc, metrics, gateway, *service_ports = free_ports(
-        8 + len(local_stack.SERVICE_NAMES)
+    kafka, controller, redis, mlflow, http, grpc, metrics, gateway, milter, *service_ports = (
+        free_ports(9 + len(local_stack.SERVICE_NAMES))
     )
     return PlatformSettings(
         home=home,
@@ -59,6 +59,7 @@ def free_port_settings(home: Path) -> PlatformSettings:
         triton_grpc_port=grpc,
         triton_metrics_port=metrics,
         gateway_port=gateway,
+        milter_port=milter,
         kafka_bootstrap_servers=None,
         redis_url=None,
         mlflow_tracking_uri=None,

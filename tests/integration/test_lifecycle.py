@@ -587,7 +587,7 @@ def test_daily_work_commands_verdict_verdicts_models_explain(
     labelled = spamops(bridge_stack, "label", labelled_key, "spam", "--by", "it", "--json")
     assert labelled.returncode == 0, labelled.stderr
     sent = json.loads(labelled.stdout)
-    assert (sent["inbox_partition"], sent["inbox_offset"]) == tuple(labelled_verdict.inbox_record)
+    assert (sent["inbox_partition"], sent["inbox_offset"]) == labelled_verdict.inbox_record
 
     models = spamops(bridge_stack, "models", "--json")
     assert models.returncode == 0, models.stderr

@@ -168,4 +168,27 @@ class Gateway(Service):
         secrets.gateway_key_file(self.settings)
 
 
-SERVICES: tuple[type[Service], ...] = (Trainer, RegistryBridge, Inference, Monitor, Gateway)
+class Milter(Service):
+    """Postfix's milter: each mail through the gateway's classify path, X-Spam-* headers."""
+
+    name = "milter"
+    module = "spamops_milter"
+
+    def ports(self) -> list[int]:
+        """The metrics port and the port Postfix connects to (smtpd_milters)."""
+        return [self.metrics_port, self.settings.milter_port]
+
+    def endpoint(self) -> str:
+        """What to put in Postfix's main.cf."""
+        return f"smtpd_milters = inet:{self.settings.host}:{self.settings.milter_port}"
+
+
+# The order they start in: the milter after the gateway it asks.
+SERVICES: tuple[type[Service], ...] = (
+    Trainer,
+    RegistryBridge,
+    Inference,
+    Monitor,
+    Gateway,
+    Milter,
+)

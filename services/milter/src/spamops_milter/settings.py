@@ -14,9 +14,6 @@ from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 from spamops_runtime.settings import ServiceSettings
 
-# The gateway's HTTP port on the local stack (DESIGN.md, "Default ports").
-DEFAULT_GATEWAY_PORT = 8080
-
 Policy = Literal["tag", "reject", "quarantine"]
 Environment = Literal["production", "staging"]
 
@@ -35,7 +32,8 @@ class MilterSettings(ServiceSettings):
     )
     gateway_url: str | None = Field(
         default=None,
-        description=f"Base URL of the gateway; unset = http://<SPAMOPS_HOST>:{DEFAULT_GATEWAY_PORT}.",
+        description="Base URL of the gateway; unset = the platform's (SPAMOPS_GATEWAY_URL, "
+        "else http://<SPAMOPS_HOST>:<SPAMOPS_GATEWAY_PORT>).",
     )
     gateway_timeout_s: float = Field(
         default=5.0,
@@ -92,15 +90,14 @@ class MilterSettings(ServiceSettings):
     @property
     def gateway_base_url(self) -> str:
         """The gateway's base URL, without a trailing slash."""
-        url = self.gateway_url or f"http://{self.platform.host}:{DEFAULT_GATEWAY_PORT}"
-        return url.rstrip("/")
+        return (self.gateway_url or self.platform.gateway_http).rstrip("/")
 
     @property
     def api_key_path(self) -> Path:
         """Where the gateway API key is read from."""
         if self.api_key_file is not None:
             return self.api_key_file.expanduser().resolve()
-        return self.platform.state_dir / "secrets" / "gateway-api.key"
+        return self.platform.gateway_api_key_path
 
     def read_api_key(self) -> str | None:
         """The API key: the file's content (stripped) if it is there, else the variable."""
