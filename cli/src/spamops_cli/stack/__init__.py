@@ -1,4 +1,5 @@
-"""The local stack (Kafka, Redis, MLflow, Triton, the services) as processes in ``.spamops/``.
+"""The local stack (Kafka, Redis, MLflow, Triton, the Evidently UI, the services) as processes
+in ``.spamops/``.
 
 ``up`` installs what is missing and starts each component, ``down`` stops what
 ``up`` started, ``status`` reports, ``ensure_topics`` creates the topic
