@@ -435,7 +435,6 @@ class EvidentlyWorkspace:
             if drift:
                 with (directory / PROTECTED_FILE).open("a") as handle:
                     handle.write(snapshot_id + "\n")
-            self._prune(pid, directory)
         except Exception:
             UI_SNAPSHOTS.labels("failed").inc()
             logger.warning(
@@ -445,6 +444,10 @@ class EvidentlyWorkspace:
             )
             return ""
         UI_SNAPSHOTS.labels("added").inc()
+        try:
+            self._prune(pid, directory)
+        except Exception:  # e.g. another monitor process pruned the same snapshot first
+            logger.warning("cannot prune the Evidently workspace", exc_info=True)
         logger.debug("snapshot added", extra={"s": round(time.perf_counter() - started, 3)})
         return self.url(pid, snapshot_id)
 
