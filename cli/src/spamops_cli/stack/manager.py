@@ -44,6 +44,7 @@ VIEWERS: tuple[type[Component], ...] = (EvidentlyUI,)
 COMPONENTS: tuple[type[Component], ...] = (*INFRASTRUCTURE, *VIEWERS, *SERVICES)
 COMPONENT_NAMES: tuple[str, ...] = tuple(c.name for c in COMPONENTS)
 INFRASTRUCTURE_NAMES: tuple[str, ...] = tuple(c.name for c in INFRASTRUCTURE)
+VIEWER_NAMES: tuple[str, ...] = tuple(c.name for c in VIEWERS)
 SERVICE_NAMES: tuple[str, ...] = tuple(c.name for c in SERVICES)
 UNKNOWN_STOP_TIMEOUT = 30.0
 PORT_RELEASE_WAIT_S = 10.0
