@@ -148,6 +148,8 @@ async def test_a_drift_check_is_browsable_in_the_evidently_ui_and_in_mlflow(
     assert summary["report_url"] == event.report_url and summary["drift"] is True
     assert run.data.metrics["drift_share"] == pytest.approx(event.drift_share)
     assert run.data.metrics["psi.body_length"] > 0.1
+    # A restarted monitor finds the version's run by its tags instead of making another.
+    assert MlflowReports(ui_stack.mlflow_uri).run_id(MODEL, 1) == run.info.run_id
 
     # ------------------------------------------------ MLflow down: the stream goes on
     local_stack.stop(ui_stack, ["mlflow"])

@@ -556,13 +556,19 @@ class MlflowReports:
         client = self.client
         if self._experiment is None:
             experiment = client.get_experiment_by_name(MONITORING_EXPERIMENT)
-            self._experiment = (
-                experiment.experiment_id
-                if experiment is not None
-                else client.create_experiment(
-                    MONITORING_EXPERIMENT, tags={"spamops.owner": "monitor"}
-                )
-            )
+            if experiment is None:
+                from mlflow.exceptions import MlflowException
+
+                try:
+                    self._experiment = client.create_experiment(
+                        MONITORING_EXPERIMENT, tags={"spamops.owner": "monitor"}
+                    )
+                except MlflowException:  # another monitor process created it first
+                    experiment = client.get_experiment_by_name(MONITORING_EXPERIMENT)
+                    if experiment is None:
+                        raise
+            if experiment is not None:
+                self._experiment = experiment.experiment_id
         found = client.search_runs(
             [self._experiment],
             filter_string=f"tags.`{RUN_TAG_MONITORED_MODEL}` = '{model_name}' "
