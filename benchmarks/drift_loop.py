@@ -30,15 +30,16 @@ def main() -> None:
     shared = PlatformSettings()
     os.environ.setdefault(local_stack.TOOLS_DIR_ENV, str(shared.state_dir / "tools"))
     with tempfile.TemporaryDirectory() as home:
-        ports = free_ports(8 + len(local_stack.SERVICE_NAMES))
+        ports = free_ports(10 + len(local_stack.SERVICE_NAMES))
         settings = PlatformSettings(
             home=Path(home), kafka_port=ports[0], kafka_controller_port=ports[1],
             redis_port=ports[2], mlflow_port=ports[3], triton_http_port=ports[4],
-            triton_grpc_port=ports[5], triton_metrics_port=ports[6],
+            triton_grpc_port=ports[5], triton_metrics_port=ports[6], evidently_ui_port=ports[7],
+            gateway_port=ports[8], milter_port=ports[9],
             kafka_bootstrap_servers=None, redis_url=None, mlflow_tracking_uri=None,
-            triton_url=None, triton_http_url=None, corpus_cache=shared.corpus_cache_dir,
-            gateway_port=ports[7], gateway_url=None,
-            service_ports=dict(zip(local_stack.SERVICE_NAMES, ports[8:], strict=True)),
+            triton_url=None, triton_http_url=None, gateway_url=None, evidently_ui_url=None,
+            evidently_workspace=None, corpus_cache=shared.corpus_cache_dir,
+            service_ports=dict(zip(local_stack.SERVICE_NAMES, ports[10:], strict=True)),
         )  # fmt: skip
         local_stack.up(settings)
         try:

@@ -2,7 +2,8 @@
 # Install everything the local spamops stack needs, on a fresh Debian machine or
 # an already prepared one (each step is skipped when its result is there):
 #   apt packages (Java 17+, Maven, Redis, kcat, Node/npm, curl, libpython3.11, spamd,
-#   libmilter-dev and a C compiler for pymilter, Postfix for the milter's end-to-end test),
+#   libmilter-dev and a C compiler for pymilter, Postfix for the milter's end-to-end test,
+#   chromium for the headless-browser test of the Evidently UI),
 #   uv, the workspace's .venv, Kafka's jars and Triton's own virtual env.
 set -euo pipefail
 
@@ -36,6 +37,8 @@ has curl || missing+=(curl)
 # SpamAssassin's spamd/spamc: the comparison in benchmarks/stream_throughput.py.
 [[ -x /usr/sbin/spamd ]] || missing+=(spamd)
 has spamc || missing+=(spamc)
+# Headless Chromium: tests/integration/test_drift_ui.py opens the Evidently UI in it.
+has chromium || missing+=(chromium)
 # Triton's Python-backend stub links against the shared libpython3.11.
 libs=$( (ldconfig -p || /sbin/ldconfig -p) 2>/dev/null || true)
 [[ $libs == *libpython3.11.so.1.0* ]] || missing+=(libpython3.11)

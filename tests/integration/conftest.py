@@ -45,9 +45,19 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 def free_port_settings(home: Path) -> PlatformSettings:
     """Settings of a stack in ``home`` on free ports (ignoring SPAMOPS_* overrides)."""
-    kafka, controller, redis, mlflow, http, grpc, metrics, gateway, milter, *service_ports = (
-        free_ports(9 + len(local_stack.SERVICE_NAMES))
-    )
+    (
+        kafka,
+        controller,
+        redis,
+        mlflow,
+        http,
+        grpc,
+        metrics,
+        gateway,
+        milter,
+        evidently,
+        *service_ports,
+    ) = free_ports(10 + len(local_stack.SERVICE_NAMES))
     return PlatformSettings(
         home=home,
         host="127.0.0.1",
@@ -60,12 +70,15 @@ def free_port_settings(home: Path) -> PlatformSettings:
         triton_metrics_port=metrics,
         gateway_port=gateway,
         milter_port=milter,
+        evidently_ui_port=evidently,
         kafka_bootstrap_servers=None,
         redis_url=None,
         mlflow_tracking_uri=None,
         triton_url=None,
         triton_http_url=None,
         gateway_url=None,
+        evidently_ui_url=None,
+        evidently_workspace=None,
         corpus_cache=SHARED_CORPUS,
         service_ports=dict(zip(local_stack.SERVICE_NAMES, service_ports, strict=True)),
     )

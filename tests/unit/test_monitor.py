@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +16,16 @@ import pandas as pd
 import pytest
 from spamops_features.handcrafted import HANDCRAFTED_NAMES
 from spamops_monitor.adapters import (
+    PROTECTED_FILE,
+    EvidentlyWorkspace,
+    MlflowReports,
     ProfileStore,
     ProfileUnavailableError,
+    ReportUpload,
     ReportWriter,
     WebhookNotifier,
     alert_payload,
+    project_id,
     reference_frame,
 )
 from spamops_monitor.drift import (
@@ -300,6 +307,104 @@ async def test_one_shift_gives_one_drift_event_and_evidently_runs_only_when_need
     assert not again.allows(MODEL, 1, "data") and again.allows(MODEL, 2, "data")
     clock.now += deps.settings.cooldown_s
     assert await check_window(sink.windows[-1], deps) is not None and reporter.runs == 4
+
+
+class UploadSink:
+    """Records what the monitor hands to its MLflow uploader (the real one is a thread)."""
+
+    def __init__(self) -> None:
+        self.uploads: list[ReportUpload] = []
+
+    def submit(self, upload: ReportUpload) -> None:
+        self.uploads.append(upload)
+
+
+async def test_a_drift_report_links_its_evidently_ui_snapshot_and_is_queued_for_mlflow(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    deps, published, sink, recorder = make_deps(tmp_path, lambda v: reference_profile(v), clock)
+    deps.workspace = EvidentlyWorkspace(tmp_path / "evidently", "http://ui.test:8050/", keep=1)
+    uploads = UploadSink()
+    deps.uploads = uploads  # type: ignore[assignment]
+    assert await deps.profiles.wait(1) is not None
+    await feed(deps, sample(300, seed=7), "same")
+    await feed(deps, sample(300, seed=8, shifted=True), "shift", start=300)
+    assert await check_window(sink.windows[0], deps) is None  # periodic report, no drift
+    event = await check_window(sink.windows[1], deps)
+    assert event is not None and published == [event] and recorder.events == [event]
+    project = str(project_id(MODEL))
+    prefix = f"http://ui.test:8050/projects/{project}/reports/"
+    assert event.report_url.startswith(prefix)
+    snapshot_id = event.report_url.removeprefix(prefix)
+    snapshots = tmp_path / "evidently" / project / "snapshots"
+    assert (snapshots / f"{snapshot_id}.json").is_file()
+    assert (tmp_path / "evidently" / project / PROTECTED_FILE).read_text().split() == [snapshot_id]
+    summary = read_json(report_path(event.report_uri).with_suffix(".json"))
+    assert summary["report_url"] == event.report_url
+    assert event.report_url in alert_payload(event)["text"]
+    # Both reports queued for MLflow: HTML + JSON, the drift share and each column's PSI.
+    assert [u.version for u in uploads.uploads] == [1, 1]
+    last = uploads.uploads[-1]
+    assert [p.suffix for p in last.files] == [".html", ".json"]
+    assert last.files[0] == report_path(event.report_uri)
+    assert last.metrics["drift_share"] == pytest.approx(event.drift_share)
+    assert last.metrics["psi.body_length"] > 0.1 and len(last.metrics) == 2 + 25
+    # keep=1: the periodic snapshot is pruned by the next periodic one, the drift's stays.
+    clock.now += deps.settings.report_interval_s
+    assert await check_window(sink.windows[0], deps) is None
+    assert await check_window(sink.windows[0], deps) is None  # within the interval: no report
+    kept = sorted(p.stem for p in snapshots.glob("*.json"))
+    assert len(kept) == 2 and snapshot_id in kept
+    # A workspace that cannot be written costs the link, not the report or the event.
+    (tmp_path / "a-file").write_text("not a directory")
+    deps.workspace = EvidentlyWorkspace(tmp_path / "a-file" / "evidently", "http://u", keep=1)
+    clock.now += deps.settings.cooldown_s
+    again = await check_window(sink.windows[1], deps)
+    assert again is not None and again.report_url == "" and report_path(again.report_uri).is_file()
+
+
+class FailingClient:
+    """An MLflow client whose server is away (as MlflowClient raises after its retries)."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.gate = gate
+        self.calls = 0
+        self.entered = threading.Event()
+
+    def get_experiment_by_name(self, name: str) -> Any:
+        self.calls += 1
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(10)
+        raise ConnectionError("MLflow is down")
+
+
+def test_mlflow_uploads_never_block_and_a_failure_only_logs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gate = threading.Event()
+    client = FailingClient(gate)
+    reports = MlflowReports("http://mlflow.test", queue_size=2, client=client)
+    html = tmp_path / "r.html"
+    html.write_text("<html/>")
+    upload = ReportUpload(MODEL, 3, [html], {"drift_share": 0.5}, 1_700_000_000.0)
+    with caplog.at_level(logging.WARNING):
+        reports.submit(upload)
+        assert client.entered.wait(10)  # in flight, blocked on MLflow
+        started = time.perf_counter()
+        for _ in range(4):  # two queue, two are dropped (the oldest first)
+            reports.submit(upload)
+        assert time.perf_counter() - started < 1.0  # submit never waits for MLflow
+        gate.set()
+        reports.close(wait_s=10)
+    assert html.is_file()  # the local report stays
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("cannot log the report to MLflow (kept locally)") == 3
+    assert (
+        messages.count("MLflow report uploads behind: oldest report not logged (kept locally)") == 2
+    )
+    assert client.calls == 3
 
 
 def test_histogram_psi_equals_evidentlys_psi_on_the_same_window() -> None:

@@ -304,3 +304,35 @@ def test_tritons_repository_api_is_behind_a_private_key(tmp_path: Path) -> None:
     env = settings.to_env()
     assert env["SPAMOPS_TRITON_REPOSITORY_KEY_FILE"] == str(settings.triton_repository_key_path)
     assert key not in env.values()
+
+
+def test_the_evidently_ui_binds_the_stack_host_and_serves_the_monitors_workspace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like every local endpoint, the Evidently UI (issue 20) binds SPAMOPS_HOST; the monitor
+    (a child process: to_env) and the UI agree on the workspace and the link base; test
+    stacks give it a free port, never the default one another stack may hold."""
+    from spamops_cli import stack as local_stack
+    from spamops_cli.stack.evidently_ui import EvidentlyUI
+
+    from tests.integration.conftest import free_port_settings
+
+    settings = PlatformSettings(home=tmp_path)
+    ui = EvidentlyUI(settings, StackPaths.from_settings(settings))
+    command = ui.command()
+    assert command[command.index("--host") + 1] == "127.0.0.1"
+    assert command[command.index("--port") + 1] == "8050" and ui.ports() == [8050]
+    workspace = tmp_path.resolve() / "data" / "evidently"
+    assert command[command.index("--workspace") + 1] == str(workspace) == str(ui.data_dir)
+    assert ui.env()["DO_NOT_TRACK"] == "1"
+    for key, value in settings.to_env().items():
+        monkeypatch.setenv(key, value)
+    child = PlatformSettings()  # what the monitor, started by the stack, reads
+    assert child.evidently_workspace_dir == workspace
+    assert child.evidently_ui == settings.evidently_ui == "http://127.0.0.1:8050"
+    assert "evidently" in local_stack.VIEWER_NAMES
+    assert "evidently" not in local_stack.INFRASTRUCTURE_NAMES  # test stacks skip it
+    free = free_port_settings(tmp_path / "free")
+    assert free.evidently_ui_port != 8050 and free.evidently_ui.endswith(
+        f":{free.evidently_ui_port}"
+    )

@@ -183,7 +183,8 @@ def up(
     interval: Annotated[float, typer.Option(help="Seconds between --watch rounds.")] = 5.0,
     as_json: JsonFlag = False,
 ) -> None:
-    """Install what is missing and start Kafka, Redis, MLflow, Triton and the services."""
+    """Install what is missing and start Kafka, Redis, MLflow, Triton, the Evidently UI and the
+    services."""
     _json_mode(as_json)
     from spamops_cli import stack
     from spamops_cli.stack.kafka_broker import Kafka
@@ -690,7 +691,7 @@ def _summarize(event: object) -> str:
         return (
             f"{event.occurred_at:%Y-%m-%d %H:%M:%S}  {event.model_name} v{event.model_version}  "
             f"{event.kind} drift share={event.drift_share:.2f} severity={event.severity}  "
-            f"[{features}]  {event.report_uri}"
+            f"[{features}]  {event.report_url or event.report_uri}"
         )
     return str(event)
 
@@ -956,7 +957,9 @@ def demo(
         f"  Triton metrics   http://{settings.host}:{settings.triton_metrics_port}/metrics\n"
         f"  service logs     {settings.state_dir / 'logs'}  (JSON lines)\n"
         f"  traces           {settings.state_dir / 'traces'}\n"
-        f"  drift reports    {settings.state_dir / 'data' / 'monitor'}\n"
+        f"  drift reports    {settings.evidently_ui}  (Evidently UI; MLflow experiment "
+        "spamops-monitoring; files in "
+        f"{settings.state_dir / 'data' / 'monitor' / 'reports'})\n"
         "  your own email   spamops publish mail.eml   then   spamops verdicts\n"
         f"  with kcat        kcat -b {settings.kafka_bootstrap} -P -t emails.inbox -k k1 mail.eml\n"
         "  the platform     spamops status"

@@ -262,9 +262,10 @@ def run_scenario(
     result.drift = {
         "kind": drift.kind, "drift_share": drift.drift_share, "severity": drift.severity,
         "features": [f.feature for f in drift.drifted_features], "report": drift.report_uri,
+        "report_url": drift.report_url,
     }  # fmt: skip
     log(f"    DriftDetected after {result.seconds_to_drift:.0f}s: {drift.kind}, "
-        f"share {drift.drift_share:.2f}, {drift.report_uri}")  # fmt: skip
+        f"share {drift.drift_share:.2f}, {drift.report_url or drift.report_uri}")  # fmt: skip
     retrain = _first(
         settings, "datasets.ready",
         lambda e: isinstance(e, DatasetReady) and e.reason == "drift"

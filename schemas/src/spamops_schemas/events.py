@@ -281,6 +281,13 @@ class DriftDetected(Event):
     drifted_features: list[DriftedFeature] = Field(default_factory=list)
     report_uri: str = Field(default="", description="HTML report of the check.")
     severity: Literal["low", "medium", "high"] = Field(default="medium")
+    # Optional with a default: older consumers ignore it, older events read as "" (no
+    # schema_version bump, as ModelTrained.threshold was added in b8f1b38).
+    report_url: str = Field(
+        default="",
+        description="Where a person opens the check's report in a browser: its snapshot in "
+        "the Evidently UI (empty when the monitor has no UI workspace or no report).",
+    )
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (

@@ -1,7 +1,8 @@
 """The MLflow contract: every tag and artifact path one service writes and another reads.
 
 The trainer writes runs, the registry-bridge writes model versions and the
-registered model; inference, the monitor and the CLI read them. Each name is
+registered model; inference, the monitor and the CLI read them. The monitor writes
+its own runs (drift reports) in an experiment of its own. Each name is
 defined here once so a reader can never drift from its writer.
 """
 
@@ -44,3 +45,14 @@ PIPELINE_ARTIFACT = "feature_pipeline"  # the fitted FeatureSpec (data, no pickl
 PARITY_ARTIFACT = "parity/test_sample.npz"  # test rows and XGBoost probabilities
 # The booster as plain UBJSON data: what the bridge exports (never an MLmodel flavour).
 MODEL_FILE_ARTIFACT = "xgboost/model.ubj"
+
+# ------------------------------------------------- monitoring runs (monitor)
+# One run per monitored model version in an experiment of its own (never the trainer's
+# runs: those are the verified record of a training). Each drift check's Evidently HTML
+# and JSON summary are artifacts under MONITORING_REPORTS_ARTIFACT; its drift share and
+# per-column scores are metrics (step = the check's Unix time in seconds).
+MONITORING_EXPERIMENT = "spamops-monitoring"
+MONITORING_RUN_NAME = "monitoring-v{version}"  # .format(version=...)
+MONITORING_REPORTS_ARTIFACT = "drift_reports"
+RUN_TAG_MONITORED_MODEL = "spamops.monitored_model"  # the registered model's name
+RUN_TAG_MONITORED_VERSION = "spamops.monitored_version"  # its version, as a string

@@ -1,4 +1,5 @@
-"""The local stack (Kafka, Redis, MLflow, Triton, the services) as processes in ``.spamops/``.
+"""The local stack (Kafka, Redis, MLflow, Triton, the Evidently UI, the services) as processes
+in ``.spamops/``.
 
 ``up`` installs what is missing and starts each component, ``down`` stops what
 ``up`` started, ``status`` reports, ``ensure_topics`` creates the topic
@@ -11,6 +12,7 @@ from spamops_cli.stack.manager import (
     COMPONENT_NAMES,
     INFRASTRUCTURE_NAMES,
     SERVICE_NAMES,
+    VIEWER_NAMES,
     ComponentStatus,
     down,
     install,
@@ -26,6 +28,7 @@ __all__ = [
     "INFRASTRUCTURE_NAMES",
     "SERVICE_NAMES",
     "TOOLS_DIR_ENV",
+    "VIEWER_NAMES",
     "ComponentStatus",
     "StackError",
     "StackPaths",

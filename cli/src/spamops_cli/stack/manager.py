@@ -13,6 +13,7 @@ from pathlib import Path
 from spamops_runtime.settings import PlatformSettings
 
 from spamops_cli.stack.component import Component
+from spamops_cli.stack.evidently_ui import EvidentlyUI
 from spamops_cli.stack.kafka_broker import Kafka
 from spamops_cli.stack.mlflow_server import MLflow
 from spamops_cli.stack.paths import StackError, StackPaths, file_lock
@@ -37,9 +38,13 @@ logger = logging.getLogger(__name__)
 
 # Start order; stopped in reverse. The services start once the infrastructure is ready.
 INFRASTRUCTURE: tuple[type[Component], ...] = (Kafka, Redis, MLflow, Triton)
-COMPONENTS: tuple[type[Component], ...] = (*INFRASTRUCTURE, *SERVICES)
+# For people, not for the services: started with the infrastructure by a plain `up`, but
+# not part of INFRASTRUCTURE (what the services need, what test stacks start).
+VIEWERS: tuple[type[Component], ...] = (EvidentlyUI,)
+COMPONENTS: tuple[type[Component], ...] = (*INFRASTRUCTURE, *VIEWERS, *SERVICES)
 COMPONENT_NAMES: tuple[str, ...] = tuple(c.name for c in COMPONENTS)
 INFRASTRUCTURE_NAMES: tuple[str, ...] = tuple(c.name for c in INFRASTRUCTURE)
+VIEWER_NAMES: tuple[str, ...] = tuple(c.name for c in VIEWERS)
 SERVICE_NAMES: tuple[str, ...] = tuple(c.name for c in SERVICES)
 UNKNOWN_STOP_TIMEOUT = 30.0
 PORT_RELEASE_WAIT_S = 10.0

@@ -61,6 +61,9 @@ class PlatformSettings(BaseSettings):
         "inet:host:milter_port).",
     )
     gateway_port: int = Field(default=8080, description="The gateway's HTTP API.")
+    evidently_ui_port: int = Field(
+        default=8050, description="Evidently UI (`evidently ui`): the monitor's drift reports."
+    )
     kafka_bootstrap_servers: str | None = Field(
         default=None, description="Overrides host:kafka_port (e.g. a remote cluster)."
     )
@@ -74,6 +77,16 @@ class PlatformSettings(BaseSettings):
     )
     gateway_url: str | None = Field(
         default=None, description="Overrides http://host:gateway_port (the clients' gateway)."
+    )
+    evidently_ui_url: str | None = Field(
+        default=None,
+        description="Overrides http://host:evidently_ui_port: the base of the report links the "
+        "monitor puts in DriftDetected.",
+    )
+    evidently_workspace: Path | None = Field(
+        default=None,
+        description="Evidently workspace the monitor adds each report's snapshot to and the "
+        "Evidently UI serves (default <home>/data/evidently).",
     )
     triton_repository_key_file: Path | None = Field(
         default=None,
@@ -200,6 +213,18 @@ class PlatformSettings(BaseSettings):
         return self.mlflow_tracking_uri or f"http://{self.host}:{self.mlflow_port}"
 
     @property
+    def evidently_ui(self) -> str:
+        """Evidently UI base URL (no trailing slash)."""
+        return (self.evidently_ui_url or f"http://{self.host}:{self.evidently_ui_port}").rstrip("/")
+
+    @property
+    def evidently_workspace_dir(self) -> Path:
+        """Absolute path of the Evidently workspace."""
+        if self.evidently_workspace is not None:
+            return self.evidently_workspace.expanduser().resolve()
+        return self.state_dir / "data" / "evidently"
+
+    @property
     def triton_grpc(self) -> str:
         """Triton gRPC endpoint (host:port) for tritonclient."""
         return self.triton_url or f"{self.host}:{self.triton_grpc_port}"
@@ -256,6 +281,9 @@ class PlatformSettings(BaseSettings):
             "SPAMOPS_TRITON_METRICS_PORT": str(self.triton_metrics_port),
             "SPAMOPS_MILTER_PORT": str(self.milter_port),
             "SPAMOPS_GATEWAY_PORT": str(self.gateway_port),
+            "SPAMOPS_EVIDENTLY_UI_PORT": str(self.evidently_ui_port),
+            "SPAMOPS_EVIDENTLY_UI_URL": self.evidently_ui,
+            "SPAMOPS_EVIDENTLY_WORKSPACE": str(self.evidently_workspace_dir),
             "SPAMOPS_KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
             "SPAMOPS_REDIS_URL": self.redis,
             "SPAMOPS_MLFLOW_TRACKING_URI": self.mlflow_uri,

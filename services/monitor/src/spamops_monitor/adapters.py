@@ -1,13 +1,17 @@
-"""The monitor's outside world: MLflow (reference profiles, aliases), report and status
-files under the state directory, and the alert webhook (httpx)."""
+"""The monitor's outside world: MLflow (reference profiles, aliases, the reports' monitoring
+runs), report and status files under the state directory, the Evidently UI workspace, and
+the alert webhook (httpx)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import queue
 import tempfile
+import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,7 +24,16 @@ import numpy as np
 import pandas as pd
 from spamops_runtime.model_registry import serving_aliases
 from spamops_schemas import DriftDetected
-from spamops_schemas.registry import PARITY_ARTIFACT, PIPELINE_ARTIFACT, TAG_RUN
+from spamops_schemas.registry import (
+    MONITORING_EXPERIMENT,
+    MONITORING_REPORTS_ARTIFACT,
+    MONITORING_RUN_NAME,
+    PARITY_ARTIFACT,
+    PIPELINE_ARTIFACT,
+    RUN_TAG_MONITORED_MODEL,
+    RUN_TAG_MONITORED_VERSION,
+    TAG_RUN,
+)
 
 from spamops_monitor.drift import (
     DRIFT_COLUMNS,
@@ -30,7 +43,7 @@ from spamops_monitor.drift import (
     Window,
     prune_reports,
 )
-from spamops_monitor.metrics import PROFILE_UNAVAILABLE, WEBHOOK
+from spamops_monitor.metrics import PROFILE_UNAVAILABLE, REPORT_UPLOADS, UI_SNAPSHOTS, WEBHOOK
 
 logger = logging.getLogger(__name__)
 
@@ -303,10 +316,12 @@ class ReportWriter:
         *,
         drift: bool,
         evidently: DriftResult | None = None,
+        report_url: str = "",
     ) -> Path:
         """Write the report pair: the Evidently HTML (when ``evidently`` has a report) and a
-        JSON summary with the stream's scores (``result``) and Evidently's. Returns the HTML
-        path, or the JSON path without HTML. Keeps the newest ``keep`` (+ drifts)."""
+        JSON summary with the stream's scores (``result``), Evidently's and the report's page
+        in the Evidently UI (``report_url``). Returns the HTML path, or the JSON path without
+        HTML. Keeps the newest ``keep`` (+ drifts)."""
         directory = self.root / window.model_name / f"v{window.version}"
         directory.mkdir(parents=True, exist_ok=True)
         stem = datetime.now(UTC).strftime("%Y%m%dT%H%M%S_%f") + ("-drift" if drift else "")
@@ -325,6 +340,7 @@ class ReportWriter:
             "scores": result.scores,
             "drifted_features": [f.model_dump() for f in result.drifted],
             "evidently_scores": evidently.scores if evidently is not None else None,
+            "report_url": report_url,
             "evidently": snapshot.dict() if snapshot is not None else None,
         }
         path = directory / f"{stem}.json"
@@ -342,6 +358,275 @@ class ReportWriter:
         return path
 
 
+def report_files(path: Path) -> list[Path]:
+    """The files of a report ``ReportWriter.save`` returned: HTML + JSON, or the JSON."""
+    return [path, path.with_suffix(".json")] if path.suffix == ".html" else [path]
+
+
+# ------------------------------------------------------------------ Evidently UI
+PROJECT_NAMESPACE = uuid.UUID("6f0d1c8e-5b7a-4f43-9a51-2f7f3c1d9e20")  # spamops' own
+PROTECTED_FILE = "spamops-drift-snapshots.txt"  # per project: snapshots a DriftDetected links
+
+
+def project_id(model_name: str) -> uuid.UUID:
+    """The Evidently project of a model: the same id in every monitor process (uuid5), so
+    two processes sharing a workspace never create two projects for one model."""
+    return uuid.uuid5(PROJECT_NAMESPACE, f"spamops/{model_name}")
+
+
+class EvidentlyWorkspace:
+    """Adds each report's snapshot to a local Evidently workspace (``evidently ui`` serves it).
+
+    One project per model name; a snapshot per report, named after the version and window.
+    Keeps the newest ``keep`` snapshots per project, and always those of a drift (their ids
+    are listed in ``PROTECTED_FILE`` in the project's directory: DriftDetected links them).
+    ``add`` never raises: a failure is logged and gives no link.
+    """
+
+    def __init__(self, path: Path, ui_url: str, keep: int) -> None:
+        self.path = path
+        self.ui_url = ui_url.rstrip("/")
+        self.keep = keep
+        self._workspace: Any = None
+        self._projects: set[str] = set()
+
+    def _open(self) -> Any:
+        if self._workspace is None:
+            from evidently.ui.workspace import Workspace
+
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._workspace = Workspace(str(self.path))
+        return self._workspace
+
+    def project(self, model_name: str) -> str:
+        """The model's project id (created on first use)."""
+        from evidently.sdk.models import ProjectModel
+
+        pid = str(project_id(model_name))
+        if pid not in self._projects:
+            workspace = self._open()
+            if workspace.get_project(pid) is None:
+                workspace.add_project(
+                    ProjectModel(
+                        id=pid,
+                        name=model_name,
+                        description=f"spamops monitor: drift reports of {model_name}, one "
+                        "snapshot per checked window of a serving version",
+                    )
+                )
+            self._projects.add(pid)
+        return pid
+
+    def url(self, project: str, snapshot: str) -> str:
+        """The snapshot's page in the Evidently UI."""
+        return f"{self.ui_url}/projects/{project}/reports/{snapshot}"
+
+    def add(self, window: Window, snapshot: Any, *, drift: bool) -> str:
+        """Add ``snapshot`` (an Evidently 0.7 Snapshot) of ``window``; its UI URL, or ""."""
+        started = time.perf_counter()
+        try:
+            pid = self.project(window.model_name)
+            described = window.describe()
+            when = (described.end or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M:%SZ")
+            name = f"v{window.version} {when} {len(window)} verdicts" + (" drift" if drift else "")
+            ref = self._open().add_run(pid, snapshot, name=name)
+            snapshot_id = str(ref.id)
+            directory = self.path / pid
+            if drift:
+                with (directory / PROTECTED_FILE).open("a") as handle:
+                    handle.write(snapshot_id + "\n")
+        except Exception:
+            UI_SNAPSHOTS.labels("failed").inc()
+            logger.warning(
+                "cannot add the report to the Evidently workspace (the files are kept)",
+                extra={"workspace": str(self.path), "version": window.version},
+                exc_info=True,
+            )
+            return ""
+        UI_SNAPSHOTS.labels("added").inc()
+        try:
+            self._prune(pid, directory)
+        except Exception:  # e.g. another monitor process pruned the same snapshot first
+            logger.warning("cannot prune the Evidently workspace", exc_info=True)
+        logger.debug("snapshot added", extra={"s": round(time.perf_counter() - started, 3)})
+        return self.url(pid, snapshot_id)
+
+    def _prune(self, pid: str, directory: Path) -> None:
+        protected_file = directory / PROTECTED_FILE
+        protected = set(protected_file.read_text().split()) if protected_file.is_file() else set()
+        # Evidently's snapshot ids are UUIDv7: sorted by id is sorted by time.
+        ids = sorted(str(i) for i in self._open().list_runs(pid))
+        prunable = [i for i in ids if i not in protected]
+        for old in prunable[: max(0, len(prunable) - self.keep)]:
+            self._open().delete_run(pid, old)
+
+
+# ------------------------------------------------------------------ MLflow reports
+@dataclass(frozen=True)
+class ReportUpload:
+    """One report for the MLflow monitoring run of its version."""
+
+    model_name: str
+    version: int
+    files: list[Path]
+    metrics: dict[str, float]
+    at: float  # Unix seconds of the check: the metrics' step
+
+
+class MlflowReports:
+    """Logs reports to MLflow from a daemon thread: ``submit`` never waits.
+
+    Per model version one run, ``monitoring-v<version>`` in the experiment
+    ``spamops-monitoring`` (created on first use, ended at once so it is never left
+    RUNNING; MLflow accepts artifacts and metrics on a finished run). Each report's files
+    go under ``drift_reports/``, its drift share and scores are metrics. When MLflow is
+    slow or down an upload fails after the client's own retries: it is logged and
+    dropped, the local files stay; a full queue drops the oldest report.
+    """
+
+    def __init__(self, tracking_uri: str, *, queue_size: int = 20, client: Any = None) -> None:
+        self.tracking_uri = tracking_uri
+        self._client = client
+        self._queue: queue.Queue[ReportUpload] = queue.Queue(queue_size)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._runs: dict[tuple[str, int], str] = {}
+        self._experiment: str | None = None
+
+    @property
+    def client(self) -> Any:
+        """The MlflowClient (made on first use, in the worker thread)."""
+        if self._client is None:
+            import mlflow
+
+            self._client = mlflow.MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def submit(self, upload: ReportUpload) -> None:
+        """Queue a report (the oldest is dropped, and logged, when the queue is full)."""
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._drain, name="mlflow-reports", daemon=True
+                )
+                self._thread.start()
+            while True:
+                try:
+                    self._queue.put_nowait(upload)
+                    return
+                except queue.Full:
+                    try:
+                        dropped = self._queue.get_nowait()
+                    except queue.Empty:
+                        continue
+                    self._queue.task_done()
+                    REPORT_UPLOADS.labels("dropped").inc()
+                    logger.warning(
+                        "MLflow report uploads behind: oldest report not logged (kept locally)",
+                        extra={
+                            "version": dropped.version,
+                            "files": [str(f) for f in dropped.files],
+                        },
+                    )
+
+    def _drain(self) -> None:
+        while True:
+            upload = self._queue.get()
+            try:
+                self.upload(upload)
+            except Exception as exc:  # MLflow down, a pruned file: the local copy is kept
+                REPORT_UPLOADS.labels("failed").inc()
+                logger.warning(
+                    "cannot log the report to MLflow (kept locally)",
+                    extra={
+                        "version": upload.version,
+                        "files": [str(f) for f in upload.files],
+                        "error": f"{type(exc).__name__}: {exc}"[:500],
+                    },
+                )
+            finally:
+                self._queue.task_done()
+
+    def run_id(self, model_name: str, version: int) -> str:
+        """The monitoring run of ``model_name`` v``version`` (found by its tags, or created)."""
+        key = (model_name, version)
+        run_id = self._runs.get(key)
+        if run_id is not None:
+            return run_id
+        client = self.client
+        if self._experiment is None:
+            experiment = client.get_experiment_by_name(MONITORING_EXPERIMENT)
+            if experiment is None:
+                from mlflow.exceptions import MlflowException
+
+                try:
+                    self._experiment = client.create_experiment(
+                        MONITORING_EXPERIMENT, tags={"spamops.owner": "monitor"}
+                    )
+                except MlflowException:  # another monitor process created it first
+                    experiment = client.get_experiment_by_name(MONITORING_EXPERIMENT)
+                    if experiment is None:
+                        raise
+            if experiment is not None:
+                self._experiment = experiment.experiment_id
+        found = client.search_runs(
+            [self._experiment],
+            filter_string=f"tags.`{RUN_TAG_MONITORED_MODEL}` = '{model_name}' "
+            f"and tags.`{RUN_TAG_MONITORED_VERSION}` = '{version}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=1,
+        )
+        if found:
+            run_id = str(found[0].info.run_id)
+        else:
+            run = client.create_run(
+                self._experiment,
+                run_name=MONITORING_RUN_NAME.format(version=version),
+                tags={RUN_TAG_MONITORED_MODEL: model_name, RUN_TAG_MONITORED_VERSION: str(version)},
+            )
+            run_id = str(run.info.run_id)
+            client.set_terminated(run_id, "FINISHED")
+        self._runs[key] = run_id
+        return run_id
+
+    def upload(self, upload: ReportUpload) -> str:
+        """Log one report now (in the caller's thread); returns the run id."""
+        from mlflow.entities import Metric
+
+        run_id = self.run_id(upload.model_name, upload.version)
+        for path in upload.files:
+            self.client.log_artifact(run_id, str(path), MONITORING_REPORTS_ARTIFACT)
+        step, timestamp = int(upload.at), int(upload.at * 1000)
+        metrics = [
+            Metric(key, float(value), timestamp, step)
+            for key, value in upload.metrics.items()
+            if np.isfinite(value)
+        ]
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+        REPORT_UPLOADS.labels("logged").inc()
+        return run_id
+
+    def close(self, wait_s: float = 5.0) -> None:
+        """Give queued reports ``wait_s`` to go out (the daemon thread dies with the process)."""
+        deadline = time.monotonic() + wait_s
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self._queue.unfinished_tasks:
+            logger.warning(
+                "reports not logged to MLflow at shutdown (kept locally)",
+                extra={"queued": self._queue.unfinished_tasks},
+            )
+
+
+def report_metrics(result: DriftResult) -> dict[str, float]:
+    """What a monitoring run records per check: the drift share, the drifted-column count
+    and each column's score (``psi.<column>``)."""
+    metrics = {"drift_share": result.share, "drifted_columns": float(len(result.drifted))}
+    metrics.update({f"{result.method}.{c}": s for c, s in result.scores.items()})
+    return metrics
+
+
 def write_json_atomically(path: Path, payload: Any) -> None:
     """Write ``payload`` to ``path`` so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -355,12 +640,13 @@ def alert_payload(event: DriftDetected) -> dict[str, Any]:
     """The JSON POSTed per DriftDetected: a Slack-compatible ``text`` and the fields."""
     features = ", ".join(f"{f.feature} {f.statistic}={f.score:.3f}" for f in event.drifted_features)
     what = "data drift" if event.kind == "data" else "quality drop"
+    link = event.report_url or event.report_uri  # the browsable page first
     text = (
         f":warning: spamops {what} ({event.severity}) on {event.model_name} "
         f"v{event.model_version}: drift share {event.drift_share:.2f} over "
         f"{event.window.size} verdicts"
         + (f"; {features}" if features else "")
-        + (f". Report: {event.report_uri}" if event.report_uri else "")
+        + (f". Report: {link}" if link else "")
     )
     return {
         "text": text,
@@ -374,6 +660,7 @@ def alert_payload(event: DriftDetected) -> dict[str, Any]:
         "drifted_features": [f.model_dump() for f in event.drifted_features],
         "window": json.loads(event.window.model_dump_json()),
         "report_uri": event.report_uri,
+        "report_url": event.report_url,
         "occurred_at": event.occurred_at.isoformat(),
         "correlation_id": event.correlation_id,
     }

@@ -24,7 +24,14 @@ from spamops_schemas.topics import (
     MODELS_REGISTERED,
 )
 
-from spamops_monitor.adapters import MlflowProfiles, ProfileStore, ReportWriter, WebhookNotifier
+from spamops_monitor.adapters import (
+    EvidentlyWorkspace,
+    MlflowProfiles,
+    MlflowReports,
+    ProfileStore,
+    ReportWriter,
+    WebhookNotifier,
+)
 from spamops_monitor.drift import AlertGate, EvidentlyDrift, HistogramDrift, Window, Windows
 from spamops_monitor.handlers import (
     QUALITY_FILE,
@@ -71,6 +78,19 @@ def build_app(settings: MonitorSettings | None = None) -> FastStream:
         )
         notifiers.append(webhook)
 
+    workspace = (
+        EvidentlyWorkspace(
+            platform.evidently_workspace_dir, platform.evidently_ui, settings.ui_snapshots_keep
+        )
+        if settings.ui_snapshots
+        else None
+    )
+    uploads = (
+        MlflowReports(platform.mlflow_uri, queue_size=settings.mlflow_reports_queue)
+        if settings.mlflow_reports
+        else None
+    )
+
     async def publish(event: DriftDetected) -> None:
         await publish_event(broker, event, service=SERVICE)
 
@@ -110,6 +130,8 @@ def build_app(settings: MonitorSettings | None = None) -> FastStream:
         publish=publish,
         checks=checker,
         notifiers=notifiers,
+        workspace=workspace,
+        uploads=uploads,
         status_path=root / QUALITY_FILE,
     )  # fmt: skip
     deps_box.append(deps)
@@ -195,6 +217,8 @@ def build_app(settings: MonitorSettings | None = None) -> FastStream:
         write_status(deps, force=True)
         if webhook is not None:
             await webhook.close()
+        if uploads is not None:
+            await asyncio.to_thread(uploads.close)
 
     @app.after_shutdown
     async def _close_state() -> None:

@@ -2,8 +2,9 @@
 
 * EmailClassified -> the version's drift window (+ the live-quality join); a due
   window goes to the background checker, which scores it with PSI from histogram
-  counts, runs the Evidently report when it alerts (or a periodic report is due), and
-  may publish DriftDetected(kind=data).
+  counts, runs the Evidently report when it alerts (or a periodic report is due) —
+  files, a snapshot in the Evidently UI workspace, an MLflow upload queued in the
+  background — and may publish DriftDetected(kind=data) linking the report.
 * ``commit_floor`` tells the Kafka wiring how far it may commit: not past a verdict
   of a window not evaluated yet, nor past a join write not stored yet.
 * EmailLabeled -> live quality of the verdict's version; a drop below the
@@ -30,7 +31,16 @@ from spamops_schemas import DriftDetected, EmailClassified, EmailLabeled
 from spamops_schemas.events import DriftedFeature, DriftWindow
 from spamops_schemas.topics import EMAILS_FEEDBACK, EMAILS_VERDICTS
 
-from spamops_monitor.adapters import ProfileStore, ReportWriter, write_json_atomically
+from spamops_monitor.adapters import (
+    EvidentlyWorkspace,
+    MlflowReports,
+    ProfileStore,
+    ReportUpload,
+    ReportWriter,
+    report_files,
+    report_metrics,
+    write_json_atomically,
+)
 from spamops_monitor.drift import (
     AlertGate,
     DriftResult,
@@ -74,6 +84,15 @@ class Notifier(Protocol):
         """Queue an alert; must not wait."""
 
 
+@dataclass(frozen=True)
+class SavedReport:
+    """A window's report: its local file (HTML, or the JSON summary without HTML) and its
+    page in the Evidently UI ("" without a workspace snapshot)."""
+
+    path: Path
+    url: str = ""
+
+
 class WindowSink(Protocol):
     """Takes closed windows for checking (in the background)."""
 
@@ -97,6 +116,8 @@ class MonitorDeps:
     publish: Callable[[DriftDetected], Awaitable[None]]
     checks: WindowSink
     notifiers: list[Notifier] = field(default_factory=list)
+    workspace: EvidentlyWorkspace | None = None  # the Evidently UI's workspace
+    uploads: MlflowReports | None = None  # reports logged to MLflow in the background
     status_path: Path | None = None
     serving: dict[str, int] = field(default_factory=dict)
     clock: Callable[[], float] = time.monotonic
@@ -231,7 +252,7 @@ async def check_window(window: Window, deps: MonitorDeps) -> DriftDetected | Non
     alert = result.drift and deps.gate.allows(deps.model_name, window.version, "data")
     now = deps.clock()
     periodic = now - deps._last_report.get(window.version, -math.inf) >= settings.report_interval_s
-    report: Path | None = None
+    report: SavedReport | None = None
     if alert or periodic:
         deps._last_report[window.version] = now
         report = await write_report(window, profile.frame, result, deps)
@@ -245,7 +266,8 @@ async def check_window(window: Window, deps: MonitorDeps) -> DriftDetected | Non
             "drift_share": round(result.share, 4),
             "drift": result.drift,
             "drifted": [f.feature for f in result.drifted],
-            "report": str(report) if report is not None else None,
+            "report": str(report.path) if report is not None else None,
+            "report_url": report.url if report is not None else None,
         },
     )
     event = None
@@ -261,7 +283,8 @@ async def check_window(window: Window, deps: MonitorDeps) -> DriftDetected | Non
                     window=window.describe(),
                     share=result.share,
                     drifted=result.drifted,
-                    report_uri=report.as_uri() if report is not None else "",
+                    report_uri=report.path.as_uri() if report is not None else "",
+                    report_url=report.url if report is not None else "",
                     level=level,
                 )
                 break
@@ -279,25 +302,42 @@ async def check_window(window: Window, deps: MonitorDeps) -> DriftDetected | Non
 
 async def write_report(
     window: Window, reference: Any, result: DriftResult, deps: MonitorDeps
-) -> Path | None:
-    """The Evidently report (HTML + JSON) of one window, in a worker thread."""
+) -> SavedReport | None:
+    """The Evidently report of one window, in a worker thread: HTML + JSON files, its
+    snapshot in the Evidently UI workspace; then its MLflow upload is queued (a background
+    thread: never waited for here, and MLflow being down costs only the upload)."""
     started = time.perf_counter()
 
-    def run() -> Path:
+    def run() -> SavedReport:
         evidently = deps.reporter.check(reference, window.frame())
-        return deps.reports.save(window, result, drift=result.drift, evidently=evidently)
+        url = ""
+        if deps.workspace is not None and evidently.report is not None:
+            url = deps.workspace.add(window, evidently.report, drift=result.drift)
+        path = deps.reports.save(
+            window, result, drift=result.drift, evidently=evidently, report_url=url
+        )
+        return SavedReport(path, url)
 
     try:
-        path = await asyncio.to_thread(run)
+        report = await asyncio.to_thread(run)
     except Exception:
         logger.exception("Evidently report failed", extra={"version": window.version})
         try:
-            return await asyncio.to_thread(deps.reports.save, window, result, drift=result.drift)
+            path = await asyncio.to_thread(deps.reports.save, window, result, drift=result.drift)
         except OSError:
             logger.exception("cannot write the drift summary")
             return None
-    REPORT_SECONDS.observe(time.perf_counter() - started)
-    return path
+        report = SavedReport(path)
+    else:
+        REPORT_SECONDS.observe(time.perf_counter() - started)
+    if deps.uploads is not None:
+        deps.uploads.submit(
+            ReportUpload(
+                window.model_name, window.version, report_files(report.path),
+                report_metrics(result), time.time(),
+            )
+        )  # fmt: skip
+    return report
 
 
 async def raise_drift(
@@ -310,6 +350,7 @@ async def raise_drift(
     drifted: list[DriftedFeature],
     report_uri: str,
     level: Severity,
+    report_url: str = "",
 ) -> DriftDetected | None:
     """Publish DriftDetected (and alert) unless one was raised within the cooldown."""
     if not deps.gate.allows(deps.model_name, version, kind):
@@ -325,6 +366,7 @@ async def raise_drift(
         drift_share=min(1.0, max(0.0, share)),
         drifted_features=drifted,
         report_uri=report_uri,
+        report_url=report_url,
         severity=level,
     )
     await deps.publish(event)
@@ -338,6 +380,7 @@ async def raise_drift(
             "severity": level,
             "drift_share": round(share, 4),
             "report": report_uri,
+            "report_url": report_url,
         },
     )
     for notifier in deps.notifiers:

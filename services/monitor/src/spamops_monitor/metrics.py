@@ -61,3 +61,13 @@ REPLAYED = Counter(
     "Verdicts read again after a restart and skipped, already counted (by: join, window).",
     ["by"],
 )
+UI_SNAPSHOTS = Counter(
+    "spamops_monitor_ui_snapshots_total",
+    "Report snapshots added to the Evidently UI workspace, by result (added, failed).",
+    ["result"],
+)
+REPORT_UPLOADS = Counter(
+    "spamops_monitor_report_uploads_total",
+    "Reports logged to the MLflow monitoring runs, by result (logged, failed, dropped).",
+    ["result"],
+)

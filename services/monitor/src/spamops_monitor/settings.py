@@ -101,6 +101,29 @@ class MonitorSettings(ServiceSettings):
         description="Reports kept per version (HTML is ~4 MB); reports of a DriftDetected are "
         "always kept.",
     )
+    ui_snapshots: bool = Field(
+        default=True,
+        description="Add each Evidently report's snapshot to the Evidently workspace "
+        "(SPAMOPS_EVIDENTLY_WORKSPACE, a project per model) that the Evidently UI serves; "
+        "DriftDetected.report_url links to it.",
+    )
+    ui_snapshots_keep: int = Field(
+        default=100,
+        ge=1,
+        description="Snapshots kept per model in the Evidently workspace (~0.5 MB each); "
+        "those of a DriftDetected are always kept.",
+    )
+    mlflow_reports: bool = Field(
+        default=True,
+        description="Log each report (HTML + JSON summary) and its scores to the MLflow run "
+        "monitoring-v<version> of the experiment spamops-monitoring, in the background.",
+    )
+    mlflow_reports_queue: int = Field(
+        default=20,
+        ge=1,
+        description="Reports waiting for their MLflow upload; when MLflow is slow or down the "
+        "oldest is dropped (logged; the local files stay).",
+    )
     pending_windows: int = Field(
         default=4, ge=1, description="Closed windows waiting for a check; more are skipped."
     )
