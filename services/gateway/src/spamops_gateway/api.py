@@ -359,7 +359,9 @@ def create_api(
         )
         return problem_response(problem, request)
 
-    def caller(
+    # Dependencies are coroutines: FastAPI runs a plain `def` one in a worker thread, two
+    # thread hand-offs per request for a dictionary lookup (seen in a profile at 200/s).
+    async def caller(
         request: Request,
         authorization: Annotated[str | None, Header()] = None,
         x_api_key: Annotated[str | None, Header()] = None,
@@ -397,8 +399,8 @@ def create_api(
         request.state.api_key_name = found.name
         return found
 
-    def role(name: str) -> Callable[..., ApiKey]:
-        def check(found: Annotated[ApiKey, Depends(caller)]) -> ApiKey:
+    def role(name: str) -> Callable[..., Awaitable[ApiKey]]:
+        async def check(found: Annotated[ApiKey, Depends(caller)]) -> ApiKey:
             if name not in found.roles:
                 raise ProblemError(
                     403,
