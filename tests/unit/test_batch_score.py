@@ -239,3 +239,23 @@ def test_inputs_from_folders_mbox_and_snapshots_and_the_output_file(
     assert "features" not in table.column_names
     assert table.column("verdict").to_pylist()[1] is None
     assert table.column("error").to_pylist() == [None, "empty"]
+
+
+def test_the_command_refuses_a_missing_path_in_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    spamops = str(Path(sys.executable).with_name("spamops"))
+    env = {**os.environ, "SPAMOPS_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [spamops, "--json", "score", str(tmp_path / "nothing-here")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done
+    assert "no such file or folder" in done.stderr and "Traceback" not in done.stderr
+    assert done.stdout.strip() == ""
