@@ -15,9 +15,10 @@ Then the corpus snapshot is scored exactly as ``spamops score SNAPSHOT`` does
 (``batch_job.run``: the version fetched from MLflow, in-process Ray with
 ``--num-cpus`` actors, one parquet file), ``--repeat`` times, plus once in a
 single process without Ray (``score_rows`` on the whole corpus: the same work
-on one core, to show what Ray adds or costs here). Reputation: the unseen-domain
-defaults (no online store in the self-contained mode; ``--stack`` uses the
-stack's Redis when it answers).
+on one core, to show what Ray adds or costs here), and once with a no-op UDF
+(the same blocks and actor pool: Ray Data's fixed cost on this machine).
+Reputation: the unseen-domain defaults (no online store in the self-contained
+mode; ``--stack`` uses the stack's Redis when it answers).
 
 emails/s counts the scoring phase (Ray Data execution including actor start and
 model loading in each actor); ``seconds_total`` adds the MLflow download, reading
@@ -109,6 +110,36 @@ def _in_process(snapshot: Path, artifacts: Any) -> dict[str, Any]:
     }
 
 
+class _Noop:
+    """A UDF that does nothing: what Ray Data costs by itself (actors, blocks)."""
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {"index": batch["index"]}
+
+
+def _ray_fixed_cost(snapshot: Path, num_cpus: int) -> float:
+    """Seconds of the same Ray Data pass (same blocks, same actor pool) with a no-op UDF."""
+    import ray
+    import ray.data
+    from spamops_cli.batch_job import BATCH_SIZE, input_dataset, read_inputs, start_ray
+
+    items = list(read_inputs(snapshot))
+    started = start_ray(num_cpus)
+    try:
+        began = time.perf_counter()
+        input_dataset(items, num_cpus, BATCH_SIZE).map_batches(
+            _Noop,
+            batch_size=BATCH_SIZE,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=num_cpus),
+            num_cpus=1,
+        ).count()
+        return time.perf_counter() - began
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--stack", action="store_true", help="Use the running stack's model.")
@@ -180,6 +211,13 @@ def main() -> None:
         numbers["ray_runs"] = runs
         numbers["ray_emails_per_s"] = best["emails_per_s"]
         numbers["ray_seconds_total"] = best["seconds"]
+        fixed = _ray_fixed_cost(snapshot, args.num_cpus)
+        numbers["ray_fixed_cost_noop_udf_s"] = round(fixed, 2)
+        scoring = min(r["seconds_scoring"] for r in runs)
+        numbers["ray_emails_per_s_without_fixed_cost_estimate"] = (
+            round(event.rows / (scoring - fixed), 1) if scoring > fixed else None
+        )
+        print(f"Ray Data alone (no-op UDF, same blocks and actors): {fixed:.1f} s")
         print("the same in one process, no Ray ...")
         numbers["single_process_no_ray"] = _in_process(snapshot, artifacts)
         print(f"single process: {numbers['single_process_no_ray']}")

@@ -288,6 +288,17 @@ class JobResult:
         }
 
 
+def input_dataset(items: list[dict[str, Any]], num_cpus: int, batch_size: int) -> Any:
+    """The items as a Ray dataset of a few blocks per actor (progress bars off)."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    blocks = max(num_cpus * 2, min(len(items) // batch_size + 1, num_cpus * 8))
+    return ray.data.from_items(items, override_num_blocks=blocks)
+
+
 def score_with_ray(
     items: list[dict[str, Any]],
     artifacts: ModelArtifacts,
@@ -304,11 +315,7 @@ def score_with_ray(
 
     if not items:
         return VERDICT_SCHEMA.empty_table()
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    blocks = max(num_cpus * 2, min(len(items) // batch_size + 1, num_cpus * 8))
-    dataset = ray.data.from_items(items, override_num_blocks=blocks)
+    dataset = input_dataset(items, num_cpus, batch_size)
     scored = dataset.map_batches(
         BatchScorer,
         fn_constructor_kwargs={
