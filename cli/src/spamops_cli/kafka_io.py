@@ -37,14 +37,27 @@ async def _connected(settings: PlatformSettings) -> KafkaBroker:
     return broker
 
 
-async def send_events(settings: PlatformSettings, events: Iterable[Event]) -> int:
-    """Publish typed events to their catalogue topics; returns how many were acknowledged."""
+async def send_events(
+    settings: PlatformSettings, events: Iterable[Event], *, in_flight: int = 1
+) -> int:
+    """Publish typed events to their catalogue topics; returns how many were acknowledged.
+
+    ``in_flight`` > 1 pipelines: that many sends are started, then awaited
+    together (the producer keeps their order; a failure fails the call).
+    """
     broker = await _connected(settings)
     sent = 0
     try:
+        pending = []
         for event in events:
-            await publish_event(broker, event, service=CLIENT_ID)
-            sent += 1
+            pending.append(publish_event(broker, event, service=CLIENT_ID))
+            if len(pending) >= in_flight:
+                await asyncio.gather(*pending)
+                sent += len(pending)
+                pending = []
+        if pending:
+            await asyncio.gather(*pending)
+            sent += len(pending)
     finally:
         await broker.stop()
     return sent

@@ -633,6 +633,103 @@ def publish_emails(
     _result({"topic": topic, "environment": environment, "keys": [r.key for r in records]})
 
 
+@app.command()
+def score(
+    path: Annotated[
+        Path,
+        typer.Argument(help="An mbox, a maildir, a folder of .eml files, or a snapshot parquet."),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The verdicts, one parquet file.")
+    ] = Path("verdicts.parquet"),
+    version: Annotated[
+        int | None, typer.Option(help="Score with this model version (default: --alias).")
+    ] = None,
+    alias: Annotated[str, typer.Option(help="Score with the version of this alias.")] = (
+        "production"
+    ),
+    num_cpus: Annotated[
+        int,
+        typer.Option(
+            envvar="SPAMOPS_BATCH_NUM_CPUS",
+            help="CPUs of the in-process Ray (one scoring actor each); RAY_ADDRESS: a cluster.",
+        ),
+    ] = 2,
+    reputation: Annotated[
+        str,
+        typer.Option(
+            help="auto: the online store (as serving) when Redis answers, else the "
+            "unseen-domain defaults; online: always the store; defaults: never."
+        ),
+    ] = "auto",
+    publish: Annotated[
+        bool,
+        typer.Option(
+            "--publish",
+            help="Also publish the verdicts to emails.verdicts (producer spamops-batch, "
+            "note 'batch').",
+        ),
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Batch inference over Ray Data: verdicts of a mailbox or snapshot to a parquet file."""
+    _json_mode(as_json)
+    from mlflow.exceptions import MlflowException
+
+    from spamops_cli.batch import verdict_events
+    from spamops_cli.batch_job import BatchError, job_id, run
+
+    if reputation not in {"auto", "online", "defaults"}:
+        raise _fail("--reputation must be auto, online or defaults", 2)
+    if not path.exists():
+        raise _fail(f"no such file or folder: {path}", 2)
+    if num_cpus < 1:
+        raise _fail("--num-cpus must be at least 1", 2)
+    settings = _settings()
+    try:
+        result = run(
+            settings,
+            path,
+            output=output,
+            alias=None if version is not None else alias,
+            version=version,
+            num_cpus=num_cpus,
+            reputation=reputation,  # type: ignore[arg-type]
+            on_phase=lambda text: console.print(f"[dim]{text}[/]"),
+        )
+    except (BatchError, MlflowException, FileNotFoundError) as exc:
+        raise _fail(str(exc)[:300]) from exc
+    summary = result.summary()
+    if publish:
+        from spamops_cli.kafka_io import send_events
+
+        correlation = job_id()
+        environment = "staging" if version is None and alias == "staging" else "production"
+        events = verdict_events(result.table, environment=environment, correlation_id=correlation)
+        summary["published"] = _run(send_events(settings, events, in_flight=500))
+        summary["correlation_id"] = correlation
+        summary["environment"] = environment
+    out.print(
+        f"{summary['messages']} message(s): {summary['spam']} spam, {summary['ham']} ham, "
+        f"{summary['errors']} error(s) {summary['errors_by_reason'] or ''}"
+    )
+    out.print(
+        f"model {summary['model_name']} v{summary['model_version']} "
+        f"(threshold {summary['threshold']:.4f}); reputation: {summary['reputation']}"
+    )
+    out.print(
+        f"{summary['emails_per_s']} emails/s over {summary['seconds_scoring']} s of scoring "
+        f"({summary['seconds']} s in all, Ray {summary['ray']})"
+    )
+    out.print(f"verdicts: {output}")
+    if publish:
+        out.print(
+            f"published {summary['published']} verdict(s) to emails.verdicts "
+            f"(correlation id {summary['correlation_id']})"
+        )
+    _result(summary)
+
+
 def _follow_events(
     topic: str,
     follow: bool,

@@ -344,6 +344,7 @@ class ServiceSettings(BaseSettings):
 OTHER_VARIABLES: frozenset[str] = frozenset({
     "SPAMOPS_AUTO_PROMOTE",  # spamops ingest --promote-first
     "SPAMOPS_API_KEY",  # spamops classify: the gateway API key (else the local stack's)
+    "SPAMOPS_BATCH_NUM_CPUS",  # spamops score --num-cpus (in-process Ray)
     "SPAMOPS_CODE_VERSION",  # the git commit recorded on MLflow runs
     "SPAMOPS_APPROVERS",  # docker-compose: SPAMOPS_REGISTRY_BRIDGE_APPROVERS
     # The registry-bridge's approval keys, also read by `spamops approve`.
