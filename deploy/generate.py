@@ -76,6 +76,7 @@ def compose_secret(principal: str) -> str:
 
 
 RAY_HEAD_SERVICE = "spamops-ray-head-svc"
+GATEWAY_PORT = 8080  # PlatformSettings.gateway_port
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,15 @@ class ServiceSpec:
     extra_env: tuple[dict[str, Any], ...] = field(default=())
     # Ports the image serves besides metrics (the gateway's HTTP API).
     extra_ports: tuple[int, ...] = ()
+    # StatefulSet: pods with stable names (the gateway's consumer groups are per instance:
+    # a restarted gateway-0 resumes its group and catches up on the verdicts it missed).
+    stateful: bool = False
+    # Who may call the extra ports: namespaces by their kubernetes.io/metadata.name.
+    callers: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return "StatefulSet" if self.stateful else "Deployment"
 
     @property
     def package(self) -> str:
@@ -174,6 +184,25 @@ SERVICES: tuple[ServiceSpec, ...] = (
         scaling=Scaling(min_replicas=1, max_replicas=3, cpu_percent=75),
         talks_to=("kafka", "mlflow"),
     ),
+    ServiceSpec(
+        name="gateway",
+        summary="HTTP API -> emails.inbox, answered from emails.verdicts",
+        requests={"cpu": "250m", "memory": "256Mi"},
+        limits={"cpu": "1", "memory": "512Mi"},
+        replicas=2,
+        scaling=Scaling(min_replicas=2, max_replicas=6, cpu_percent=70),
+        talks_to=("kafka", "redis"),
+        extra_ports=(GATEWAY_PORT,),
+        stateful=True,
+        callers=("istio-ingress",),
+        extra_env=(
+            # Each pod's consumer groups are its own: the pod's stable name names them.
+            {
+                "name": "SPAMOPS_GATEWAY_INSTANCE_ID",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+            },
+        ),
+    ),
 )
 
 # The milter talks to the MTA and the gateway, not to Kafka: an image of its own (built
@@ -187,18 +216,6 @@ MILTER = ServiceSpec(
 MILTER_BUILD_APT = ("gcc", "libc6-dev", "libmilter-dev")  # pymilter is built from source
 MILTER_RUNTIME_APT = ("libmilter1.0.1",)
 MILTER_PORT = 8890  # PlatformSettings.milter_port
-# Services with an image but no deploy files yet (issue 16: compose and Kubernetes
-# for the gateway are still to come).
-IMAGE_ONLY: tuple[ServiceSpec, ...] = (
-    ServiceSpec(
-        name="gateway",
-        summary="HTTP API -> emails.inbox, answered from emails.verdicts",
-        requests={"cpu": "250m", "memory": "256Mi"},
-        limits={"cpu": "1", "memory": "512Mi"},
-        talks_to=("kafka", "redis"),
-        extra_ports=(8080,),
-    ),
-)
 
 # Pods each service may reach: label selector and ports.
 PEERS: dict[str, tuple[dict[str, str], tuple[int, ...]]] = {
@@ -513,7 +530,7 @@ def dockerfile(
 ) -> str:
     """Multi-stage Dockerfile of one service (build context: the repository root)."""
     members = ["schemas", "libs/runtime", "libs/features", "libs/client", "cli"] + [
-        f"services/{s.name}" for s in (*SERVICES, *IMAGE_ONLY, MILTER)
+        f"services/{s.name}" for s in (*SERVICES, MILTER)
     ]
     copy_manifests = "\n".join(f"COPY {m}/pyproject.toml {m}/" for m in members)
     expose = " ".join(str(p) for p in (*extra_ports, *spec.extra_ports, spec.port))
@@ -597,7 +614,10 @@ def service_manifests(spec: ServiceSpec) -> str:
         "name": spec.name,
         "image": f"spamops/{spec.name}",
         "imagePullPolicy": "Always",
-        "ports": [{"name": "metrics", "containerPort": spec.port, "protocol": "TCP"}],
+        "ports": [
+            {"name": "metrics", "containerPort": spec.port, "protocol": "TCP"},
+            *({"name": "http", "containerPort": p, "protocol": "TCP"} for p in spec.extra_ports),
+        ],
         "envFrom": [{"configMapRef": {"name": "spamops-platform"}}],
         "env": env,
         "resources": {"requests": spec.requests, "limits": spec.limits},
@@ -631,14 +651,19 @@ def service_manifests(spec: ServiceSpec) -> str:
             {"name": "kafka-credentials", "mountPath": K8S_KAFKA_SECRET_DIR, "readOnly": True},
         ],
     }
+    rollout: dict[str, Any] = (
+        {"serviceName": spec.name, "updateStrategy": {"type": "RollingUpdate"}}
+        if spec.stateful
+        else {"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0}}}
+    )
     deployment = {
         "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "kind": spec.kind,
         "metadata": {"name": spec.name, "labels": labels},
         "spec": {
             "replicas": spec.replicas,
             "selector": {"matchLabels": _selector(spec)},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0}},
+            **rollout,
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
@@ -677,7 +702,11 @@ def service_manifests(spec: ServiceSpec) -> str:
         "metadata": {"name": spec.name, "labels": labels},
         "spec": {
             "selector": _selector(spec),
-            "ports": [{"name": "metrics", "port": spec.port, "targetPort": "metrics"}],
+            "ports": [
+                {"name": "metrics", "port": spec.port, "targetPort": "metrics"},
+                # "http-" names the protocol for Istio (routing on headers needs HTTP).
+                *({"name": "http-api", "port": p, "targetPort": "http"} for p in spec.extra_ports),
+            ],
         },
     }
     monitor = {
@@ -739,7 +768,21 @@ def service_manifests(spec: ServiceSpec) -> str:
                         }
                     ],
                     "ports": [{"protocol": "TCP", "port": spec.port}],
-                }
+                },
+                *(
+                    {
+                        "from": [
+                            {
+                                "namespaceSelector": {
+                                    "matchLabels": {"kubernetes.io/metadata.name": caller}
+                                }
+                            }
+                            for caller in spec.callers
+                        ],
+                        "ports": [{"protocol": "TCP", "port": p} for p in spec.extra_ports],
+                    }
+                    for _ in ([None] if spec.callers and spec.extra_ports else [])
+                ),
             ],
             "egress": egress,
         },
@@ -754,7 +797,7 @@ def service_manifests(spec: ServiceSpec) -> str:
                 "spec": {
                     "scaleTargetRef": {
                         "apiVersion": "apps/v1",
-                        "kind": "Deployment",
+                        "kind": spec.kind,
                         "name": spec.name,
                     },
                     "minReplicas": spec.scaling.min_replicas,
@@ -814,8 +857,6 @@ def generated_files() -> dict[Path, str]:
         files[Path(f"services/{spec.name}/Dockerfile")] = dockerfile(spec)
         files[Path(f"deploy/base/services/{spec.name}.yaml")] = service_manifests(spec)
         files[Path(f"deploy/compose/env/{spec.name}.env")] = compose_service_env(spec)
-    for spec in IMAGE_ONLY:
-        files[Path(f"services/{spec.name}/Dockerfile")] = dockerfile(spec)
     return files
 
 

@@ -89,6 +89,8 @@ for overlay in staging production; do
   log "kustomize build deploy/overlays/$overlay"
   "$BIN/kustomize" build "deploy/overlays/$overlay" > "$BUILD/manifests/$overlay.yaml"
 done
+log "kustomize build deploy/istio"
+"$BIN/kustomize" build deploy/istio > "$BUILD/manifests/istio.yaml"
 
 log "docker compose config"
 compose_env=(POSTGRES_PASSWORD=check SPAMOPS_APPROVAL_SECRET=check 'SPAMOPS_APPROVERS=["alice"]')
@@ -117,5 +119,6 @@ log "checkov"
 "$TOOLS/checkov/bin/checkov" --config-file deploy/checkov.yaml \
   --framework dockerfile -f services/trainer/Dockerfile -f services/registry-bridge/Dockerfile \
   -f services/inference/Dockerfile -f services/monitor/Dockerfile -f services/milter/Dockerfile \
+  -f services/gateway/Dockerfile \
   -f deploy/docker/mlflow.Dockerfile -f deploy/docker/triton.Dockerfile
 log "all deploy checks passed"
