@@ -23,7 +23,7 @@ from spamops_runtime.replay import read_topic
 from spamops_runtime.settings import PlatformSettings
 from spamops_schemas import EmailClassified, EmailLabeled, ModelRegistered
 
-from tests.integration.conftest import StackFactory
+from tests.integration.conftest import StackFactory, free_ports
 from tests.integration.helpers import events_on, sample_email, send, spamops
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -212,3 +212,38 @@ def test_a_restarted_gateway_catches_up_on_verdicts_it_missed(
             time.sleep(0.5)
             verdict = client.verdict(key)
     assert verdict.message_key == key
+
+
+def test_postfix_through_the_milter_and_the_real_gateway(
+    gateway_stack: PlatformSettings, model: ModelRegistered
+) -> None:
+    """A real Postfix hands mail to the milter the stack starts, which asks this gateway.
+
+    The milter runs as `spamops up` starts it (its port, the gateway's URL and key from
+    the platform settings); the other milter tests stage gateway failures with a double.
+    """
+    from tests.integration.postfix import PostfixInstance
+    from tests.integration.test_milter_postfix import mail, new_marker
+    from tests.integration.test_milter_postfix import send as smtp_send
+
+    why_not = PostfixInstance.available()
+    if why_not:
+        pytest.fail(why_not)  # bootstrap installs Postfix: its absence is a defect here
+    local_stack.up(gateway_stack, components=["milter"])
+    (smtp_port,) = free_ports(1)
+    postfix = PostfixInstance.create(smtp_port, gateway_stack.milter_port)
+    postfix.start()
+    try:
+        markers = {kind: new_marker() for kind in ("spam", "ham")}
+        for kind, marker in markers.items():
+            smtp_send(postfix, mail(kind, marker, subject=f"{kind} through the platform"))
+        got = {kind: postfix.wait_for_mail("alice", marker) for kind, marker in markers.items()}
+    finally:
+        postfix.remove()
+        local_stack.stop(gateway_stack, ["milter"])
+    for message in got.values():
+        assert message.get_all("X-Spam-Verdict") in (["spam"], ["ham"])  # not "unchecked"
+        assert message["X-Spam-Model"] == f"{model.model_name}:{model.version}"
+    assert float(str(got["spam"]["X-Spam-Probability"])) > float(
+        str(got["ham"]["X-Spam-Probability"])
+    )
