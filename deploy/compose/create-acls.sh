@@ -24,7 +24,8 @@ acl --allow-principal User:approver --operation Write --operation Describe --top
 acl --allow-principal User:operator --operation Read --operation Write --operation Describe --topic datasets.ready --resource-pattern-type literal
 acl --allow-principal User:operator --operation Write --operation Describe --topic emails.feedback --topic emails.inbox --resource-pattern-type literal
 acl --allow-principal User:operator --operation Read --operation Describe --topic emails.verdicts --topic models.promoted --topic models.registered --topic models.rejected --topic models.trained --topic monitoring.drift --resource-pattern-type literal
-acl --allow-principal User:spamops-gateway --operation Write --operation Describe --topic emails.feedback --topic emails.inbox --topic emails.verdicts.dlq --resource-pattern-type literal
+acl --allow-principal User:spamops-gateway --operation Write --operation Describe --topic emails.feedback --topic emails.verdicts.dlq --resource-pattern-type literal
+acl --allow-principal User:spamops-gateway --operation Read --operation Write --operation Describe --topic emails.inbox --resource-pattern-type literal
 acl --allow-principal User:spamops-gateway --operation Read --operation Describe --topic emails.inbox.dlq --topic emails.verdicts --resource-pattern-type literal
 acl --allow-principal User:spamops-gateway --operation Read --group spamops-gateway --resource-pattern-type prefixed
 acl --allow-principal User:spamops-inference --operation Read --operation Describe --topic emails.feedback --topic emails.inbox --topic models.promoted --topic models.registered --resource-pattern-type literal

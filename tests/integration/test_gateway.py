@@ -140,6 +140,18 @@ def test_classify_ham_and_spam_through_the_client(
     )
     assert on_kafka == verdicts[0]
 
+    # Why: the deciding version's contributions, over HTTP (issue 20).
+    explained = httpx.get(
+        f"{gateway_stack.gateway_http}/v1/verdicts/{key}/explanation",
+        params={"top": 5},
+        headers={"Authorization": f"Bearer {api_key}"},
+        timeout=120,  # the first one downloads the version and opens the Feast store
+    )
+    assert explained.status_code == 200, explained.text
+    why = explained.json()
+    assert why["model_version"] == model.version and len(why["contributions"]) == 5
+    assert why["recomputed_probability"] == pytest.approx(verdicts[0].spam_probability, abs=1e-3)
+
 
 def test_staging_the_inbox_record_and_the_cli(
     gateway_stack: PlatformSettings, api_key: str, model: ModelRegistered, tmp_path

@@ -754,3 +754,39 @@ def test_the_sync_client_maps_answers_and_problems() -> None:
         with pytest.raises(SpamopsError) as other:
             client.verdict("gw-other")
         assert other.value.status == 502 and "bad gateway" in other.value.problem["detail"]
+
+
+class FakeExplainer:
+    """The Explainer port: an explanation per verdict, or the failure it is told to raise."""
+
+    def __init__(self, fail: BaseException | None = None) -> None:
+        self.fail = fail
+        self.asked: list[tuple[str, int]] = []
+
+    async def explain(self, verdict: EmailClassified, *, top: int) -> dict[str, object]:
+        self.asked.append((verdict.message_key, top))
+        if self.fail is not None:
+            raise self.fail
+        return {"message_key": verdict.message_key, "contributions": [{"feature": "f"}] * top}
+
+
+async def test_explanation_of_a_stored_verdict(keys_file: Path, classify_only: str) -> None:
+    from spamops_gateway.handlers import ExplainerUnavailableError
+
+    gw = Gateway(keys_file)
+    async with gw.http(classify_only) as http:
+        assert_problem(await http.get("/v1/verdicts/gw-1/explanation"), 501)  # none wired
+        gw.deps.explainer = explainer = FakeExplainer()
+        assert_problem(await http.get("/v1/verdicts/gw-1/explanation"), 404)  # no verdict
+        await on_verdicts([verdict_for("gw-1")], gw.deps)
+        got = await http.get("/v1/verdicts/gw-1/explanation", params={"top": 3})
+        assert got.status_code == 200, got.text
+        assert len(got.json()["contributions"]) == 3 and explainer.asked == [("gw-1", 3)]
+        assert_problem(await http.get("/v1/verdicts/gw-1/explanation?top=0"), 422)
+        explainer.fail = LookupError("the mail is gone (retention)")
+        assert_problem(await http.get("/v1/verdicts/gw-1/explanation"), 404)
+        explainer.fail = ExplainerUnavailableError("MLflow: connection refused")
+        problem = assert_problem(await http.get("/v1/verdicts/gw-1/explanation"), 503)
+        assert "MLflow" in problem["detail"]
+    async with gw.http() as anonymous:
+        assert_problem(await anonymous.get("/v1/verdicts/gw-1/explanation"), 401)

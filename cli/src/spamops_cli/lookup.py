@@ -6,26 +6,25 @@
 * ``model_rows``: every registered version with its aliases, gate result,
   training figures and whether Triton serves it.
 * ``explain``: the top feature contributions of the exact model version that
-  decided (XGBoost ``pred_contribs`` on the run's own booster and feature
-  pipeline), recomputed from the inbox record the verdict names.
+  decided (``spamops_features.explain``), recomputed from the inbox record the
+  verdict names.
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import numpy as np
 from spamops_runtime.replay import read_topic, topic_partitions
 from spamops_runtime.settings import PlatformSettings
 from spamops_schemas import EmailClassified, EventDecodeError, decode_event
-from spamops_schemas.registry import MODEL_FILE_ARTIFACT, PIPELINE_ARTIFACT, TAG_GATE, TAG_RUN
-from spamops_schemas.topics import EMAILS_INBOX, EMAILS_VERDICTS
+from spamops_schemas.registry import TAG_GATE, TAG_RUN
+from spamops_schemas.topics import EMAILS_VERDICTS
 
 
-class NotFoundError(Exception):
+class NotFoundError(LookupError):
     """What was asked for cannot be found (the message says what and where)."""
 
 
@@ -66,36 +65,6 @@ async def find_verdicts(
         if isinstance(event, EmailClassified) and event.message_key == key:
             found.append(event)
     return found
-
-
-async def inbox_record(settings: PlatformSettings, partition: int, offset: int) -> bytes:
-    """The raw value of one ``emails.inbox`` record."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        client_id="spamops-cli-lookup",
-        enable_auto_commit=False,
-        group_id=None,
-        **settings.kafka_client_options(),
-    )
-    await consumer.start()
-    try:
-        tp = TopicPartition(EMAILS_INBOX, partition)
-        consumer.assign([tp])
-        start = (await consumer.beginning_offsets([tp]))[tp]
-        if offset < start:
-            raise NotFoundError(
-                f"{EMAILS_INBOX} {partition}:{offset} is gone (retention; the log starts at "
-                f"{start})"
-            )
-        consumer.seek(tp, offset)
-        record = await consumer.getone()
-        if record.offset != offset or record.value is None:
-            raise NotFoundError(f"{EMAILS_INBOX} {partition}:{offset} not found")
-        return bytes(record.value)
-    finally:
-        await consumer.stop()
 
 
 @dataclass(frozen=True)
@@ -162,77 +131,31 @@ def model_rows(settings: PlatformSettings) -> list[ModelRow]:
     return sorted(rows, key=lambda r: -r.version)
 
 
-@dataclass
-class Explanation:
-    """Why one message got its verdict: the largest contributions to the model's margin."""
-
-    verdict: EmailClassified
-    probability: float  # recomputed now; differs from the verdict's if reputation moved
-    bias: float
-    contributions: list[tuple[str, float, float]] = field(default_factory=list)  # name, x, contrib
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "message_key": self.verdict.message_key,
-            "verdict": self.verdict.verdict,
-            "spam_probability": self.verdict.spam_probability,
-            "recomputed_probability": round(self.probability, 6),
-            "model_version": self.verdict.model_version,
-            "bias": round(self.bias, 6),
-            "contributions": [
-                {"feature": name, "value": round(value, 6), "contribution": round(c, 6)}
-                for name, value, c in self.contributions
-            ],
-        }
-
-
-def _reputation_at_verdict(
-    settings: PlatformSettings, email: Any, verdict: EmailClassified
-) -> np.ndarray | None:
-    """The sender's reputation as the online store has it, counted at the verdict's time."""
-    from spamops_features.reputation import ReputationStore
-
-    store = ReputationStore.open(settings.state_dir / "data" / "cli" / "feast", settings.redis)
-    result = store.online([email.sender_domain], verdict.occurred_at, [email.date])
-    return None if result.degraded else result.values
-
-
 def explain(
     settings: PlatformSettings, verdict: EmailClassified, raw: bytes, *, top: int = 10
-) -> Explanation:
-    """Top ``top`` contributions of the deciding version's booster on this message."""
-    import mlflow
-    import xgboost as xgb
-    from spamops_features.mail import parse_email
-    from spamops_features.pipeline import FeaturePipeline
+) -> dict[str, Any]:
+    """Top ``top`` contributions of the deciding version's booster on this message (JSON-ready).
 
-    client = mlflow.MlflowClient(tracking_uri=settings.mlflow_uri)
-    version = client.get_model_version(verdict.model_name, str(verdict.model_version))
-    run_id = version.tags.get(TAG_RUN) or version.run_id
-    if not run_id:
-        raise NotFoundError(f"{verdict.model_name} v{verdict.model_version} names no run")
-    with tempfile.TemporaryDirectory(prefix="spamops-explain-") as tmp:
+    The sender's reputation is the online store's now, counted at the verdict's time.
+    """
+    from spamops_features.explain import ModelFiles, explain_mail, reputation_at
+    from spamops_runtime.model_registry import download_version_files
 
-        def download(path: str) -> str:
-            local: str = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=path, dst_path=tmp, tracking_uri=settings.mlflow_uri
-            )
-            return local
-
-        pipeline = FeaturePipeline.load(download(PIPELINE_ARTIFACT))
-        booster = xgb.Booster()
-        booster.load_model(download(MODEL_FILE_ARTIFACT))
-    email = parse_email(raw)
-    x = pipeline.transform([email], _reputation_at_verdict(settings, email, verdict))
-    matrix = xgb.DMatrix(x, feature_names=None)
-    contribs = booster.predict(matrix, pred_contribs=True)[0]
-    probability = float(booster.predict(matrix)[0])
-    names = pipeline.spec.names
-    order = np.argsort(-np.abs(contribs[:-1]))[:top]
-    return Explanation(
-        verdict=verdict,
-        probability=probability,
-        bias=float(contribs[-1]),
-        contributions=[(names[i], float(x[0, i]), float(contribs[i])) for i in order],
+    reputation = reputation_at(
+        settings.state_dir / "data" / "cli" / "feast", settings.redis, raw, verdict.occurred_at
     )
+    with tempfile.TemporaryDirectory(prefix="spamops-explain-") as tmp:
+        try:
+            pipeline_dir, booster = download_version_files(
+                settings.mlflow_uri, verdict.model_name, verdict.model_version, tmp
+            )
+        except LookupError as exc:
+            raise NotFoundError(str(exc)) from exc
+        result = explain_mail(ModelFiles(pipeline_dir, booster), raw, reputation, top=top)
+    return {
+        "message_key": verdict.message_key,
+        "verdict": verdict.verdict,
+        "spam_probability": verdict.spam_probability,
+        "model_version": verdict.model_version,
+        **result.as_dict(),
+    }

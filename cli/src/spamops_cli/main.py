@@ -873,9 +873,11 @@ def explain(
 ) -> None:
     """Why a message got its verdict: the top feature contributions of the deciding model."""
     from mlflow.exceptions import MlflowException
+    from spamops_runtime.replay import read_record
+    from spamops_schemas.topics import EMAILS_INBOX
 
-    from spamops_cli.lookup import NotFoundError, find_verdicts, inbox_record
     from spamops_cli.lookup import explain as explain_verdict
+    from spamops_cli.lookup import find_verdicts
 
     as_json = _json_mode(as_json)
     settings = _settings()
@@ -883,28 +885,30 @@ def explain(
     if not found:
         raise _fail(f"no verdict for {key} on emails.verdicts", 3)
     latest = found[-1]
-    if latest.inbox_partition is None or latest.inbox_offset is None:
+    if latest.inbox_record is None:
         raise _fail(f"the verdict on {key} does not say which inbox record it was for")
     try:
-        raw = _run(inbox_record(settings, latest.inbox_partition, latest.inbox_offset))
+        raw = _run(read_record(settings, EMAILS_INBOX, *latest.inbox_record))
         result = explain_verdict(settings, latest, raw, top=top)
-    except (NotFoundError, MlflowException) as exc:
+    except (LookupError, MlflowException) as exc:
         raise _fail(str(exc)[:300]) from exc
-    _result(result.as_dict())
+    _result(result)
     if as_json:
         return
     out.print(_summarize(latest))
     table = Table(title=f"why (model v{latest.model_version}; margin = bias + contributions)")
     for column in ("feature", "value", "contribution (log-odds)"):
         table.add_column(column)
-    for name, value, contribution in result.contributions:
-        colour = "red" if contribution > 0 else "green"
-        table.add_row(name, f"{value:.4g}", f"[{colour}]{contribution:+.3f}[/]")
+    for row in result["contributions"]:
+        colour = "red" if row["contribution"] > 0 else "green"
+        table.add_row(
+            row["feature"], f"{row['value']:.4g}", f"[{colour}]{row['contribution']:+.3f}[/]"
+        )
     out.print(table)
     out.print(
-        f"bias {result.bias:+.3f}; recomputed probability {result.probability:.3f} "
-        f"(verdict: {latest.spam_probability:.3f}; they differ when the sender's reputation "
-        "changed since)"
+        f"bias {result['bias']:+.3f}; recomputed probability "
+        f"{result['recomputed_probability']:.3f} (verdict: {latest.spam_probability:.3f}; "
+        "they differ when the sender's reputation changed since)"
     )
 
 

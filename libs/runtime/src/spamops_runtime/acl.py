@@ -92,6 +92,7 @@ ACCESS: dict[str, Access] = {
     service_principal("gateway"): Access(
         consumes=("emails.verdicts",),
         follows=("emails.inbox.dlq",),
+        replays=("emails.inbox",),  # the one record an explanation is about
         produces=("emails.inbox", "emails.feedback"),
         description="gateway service (HTTP API)",
     ),

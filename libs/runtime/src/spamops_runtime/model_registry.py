@@ -7,6 +7,8 @@ is imported lazily: only the processes that call this need it installed.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def is_not_found(exc: BaseException) -> bool:
     """Whether an MLflow error says the thing does not exist (and not that MLflow is down).
@@ -33,3 +35,31 @@ def serving_aliases(tracking_uri: str, model_name: str) -> dict[str, int]:
             return {}
         raise
     return {alias: int(version) for alias, version in (model.aliases or {}).items()}
+
+
+def download_version_files(
+    tracking_uri: str, model_name: str, version: int, dst: str | Path
+) -> tuple[Path, Path]:
+    """A registered version's feature pipeline folder and booster file, downloaded to ``dst``.
+
+    Read from the version's training run (the ``spamops.run_id`` tag, else its run
+    id): the run's artifacts are the data the registry contract names. Raises
+    MlflowException (``is_not_found`` tells an unknown version from an outage) and
+    LookupError when the version names no run.
+    """
+    import mlflow
+    from spamops_schemas.registry import MODEL_FILE_ARTIFACT, PIPELINE_ARTIFACT, TAG_RUN
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_model_version(model_name, str(version))
+    run_id = found.tags.get(TAG_RUN) or found.run_id
+    if not run_id:
+        raise LookupError(f"{model_name} v{version} names no training run")
+
+    def download(path: str) -> Path:
+        local: str = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=path, dst_path=str(dst), tracking_uri=tracking_uri
+        )
+        return Path(local)
+
+    return download(PIPELINE_ARTIFACT), download(MODEL_FILE_ARTIFACT)

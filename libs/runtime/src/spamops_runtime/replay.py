@@ -103,6 +103,38 @@ async def read_topic(
         await consumer.stop()
 
 
+async def read_record(settings: PlatformSettings, topic: str, partition: int, offset: int) -> bytes:
+    """The value of one record, without a consumer group.
+
+    Raises LookupError when it is gone (retention) or not there.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id="spamops-record-reader",
+        enable_auto_commit=False,
+        group_id=None,
+        **settings.kafka_client_options(),
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        start = (await consumer.beginning_offsets([tp]))[tp]
+        end = (await consumer.end_offsets([tp]))[tp]
+        if not start <= offset < end:
+            why = "gone (retention)" if offset < start else "not written"
+            raise LookupError(
+                f"{topic} {partition}:{offset} is {why}; the log holds {start}..{end - 1}"
+            )
+        consumer.seek(tp, offset)
+        record = await consumer.getone()
+        if record.offset != offset or record.value is None:
+            raise LookupError(f"{topic} {partition}:{offset} not found")
+        return bytes(record.value)
+    finally:
+        await consumer.stop()
+
+
 async def consumer_lags(
     settings: PlatformSettings, groups: Mapping[str, Sequence[str]]
 ) -> dict[str, int | None]:

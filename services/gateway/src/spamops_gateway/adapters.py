@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 from faststream.kafka import KafkaBroker
 from redis.exceptions import RedisError
+from spamops_features.explain import ModelFiles
 from spamops_runtime.kafka import H_ENVIRONMENT, publish_event, publish_raw
+from spamops_runtime.settings import PlatformSettings
 from spamops_schemas import EmailClassified, EmailLabeled, EventDecodeError, decode_event
 from spamops_schemas.topics import EMAILS_INBOX
 
-from spamops_gateway.handlers import SERVICE, Outcome, Refusal, StoreUnavailableError
+from spamops_gateway.handlers import (
+    SERVICE,
+    ExplainerUnavailableError,
+    Outcome,
+    Refusal,
+    StoreUnavailableError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -122,3 +132,65 @@ def decode_outcome(key: str, raw: bytes | str) -> Outcome | None:
     except EventDecodeError:
         logger.warning("unreadable verdict in Redis: ignored")
         return None
+
+
+class MlflowExplainer:
+    """Explanations from the deciding version's files in MLflow and the mail in emails.inbox.
+
+    A version's pipeline and booster are downloaded once and kept (they never change);
+    the work (Feast, XGBoost) runs in a thread, off the event loop that answers requests.
+    """
+
+    def __init__(self, settings: PlatformSettings, work_dir: Path) -> None:
+        self.settings = settings
+        self.work_dir = work_dir
+        self._files: dict[tuple[str, int], ModelFiles] = {}
+        self._lock = asyncio.Lock()
+
+    async def _model_files(self, model_name: str, version: int) -> ModelFiles:
+        from mlflow.exceptions import MlflowException
+        from spamops_runtime.model_registry import download_version_files, is_not_found
+
+        async with self._lock:  # one download per version, not one per request
+            found = self._files.get((model_name, version))
+            if found is not None:
+                return found
+            target = self.work_dir / "models" / f"{model_name}-v{version}"
+            try:
+                pipeline_dir, booster = await asyncio.to_thread(
+                    download_version_files, self.settings.mlflow_uri, model_name, version, target
+                )
+            except MlflowException as exc:
+                if is_not_found(exc):
+                    raise LookupError(f"{model_name} v{version} is not registered") from exc
+                raise ExplainerUnavailableError(f"MLflow: {exc}") from exc
+            files = ModelFiles(pipeline_dir, booster)
+            self._files[(model_name, version)] = files
+            return files
+
+    async def explain(self, verdict: EmailClassified, *, top: int) -> dict[str, object]:
+        """The verdict's explanation (see ``spamops_features.explain``), JSON-ready."""
+        from aiokafka.errors import KafkaError
+        from spamops_features.explain import explain_mail, reputation_at
+        from spamops_runtime.replay import read_record
+
+        if verdict.inbox_record is None:
+            raise LookupError("the verdict does not name its inbox record")
+        try:
+            raw = await read_record(self.settings, EMAILS_INBOX, *verdict.inbox_record)
+        except KafkaError as exc:
+            raise ExplainerUnavailableError(f"Kafka: {exc}") from exc
+        files = await self._model_files(verdict.model_name, verdict.model_version)
+        feast_dir = self.work_dir / "feast"
+        reputation = await asyncio.to_thread(
+            reputation_at, feast_dir, self.settings.redis, raw, verdict.occurred_at
+        )
+        result = await asyncio.to_thread(explain_mail, files, raw, reputation, top=top)
+        return {
+            "message_key": verdict.message_key,
+            "verdict": verdict.verdict,
+            "spam_probability": verdict.spam_probability,
+            "model_name": verdict.model_name,
+            "model_version": verdict.model_version,
+            **result.as_dict(),
+        }

@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spamops_gateway import handlers
 from spamops_gateway.handlers import (
+    ExplainerUnavailableError,
     GatewayDeps,
     OverloadedError,
     RateLimiter,
@@ -549,6 +550,53 @@ def create_api(
         if isinstance(outcome, Refusal):
             raise _refused(outcome)
         return _verdict_response(outcome)
+
+    @api.get(
+        "/v1/verdicts/{key}/explanation",
+        summary="Why a verdict: the deciding model's largest input contributions",
+        responses={
+            **problems,
+            404: {"description": "No verdict, or its mail or model version is gone"},
+            501: {"description": "This gateway explains nothing (no explainer configured)"},
+            503: {"description": "Redis, MLflow or Kafka unreachable"},
+        },
+    )
+    async def explain_verdict(
+        key: str,
+        _key: Annotated[ApiKey, Depends(role(ROLE_CLASSIFY))],
+        top: int = 10,
+    ) -> Response:
+        """XGBoost's contributions (log-odds) of the version that decided, on that mail."""
+        if deps.explainer is None:
+            raise ProblemError(
+                501, "Not Implemented", "explanations are off here", slug="no-explainer"
+            )
+        if not 1 <= top <= 100:
+            raise ProblemError(422, "Unprocessable Content", "top: 1 to 100", slug="invalid")
+        try:
+            outcome = await handlers.verdict(key, deps)
+        except StoreUnavailableError:
+            raise ProblemError(
+                503, "Service Unavailable", "the verdict store is unreachable",
+                slug="store-unavailable", headers={"Retry-After": "5"},
+            ) from None  # fmt: skip
+        if not isinstance(outcome, EmailClassified):
+            raise ProblemError(
+                404, "Not Found", f"no verdict for {key} to explain", slug="no-verdict",
+                message_key=key,
+            )  # fmt: skip
+        try:
+            explanation = await deps.explainer.explain(outcome, top=top)
+        except ExplainerUnavailableError as exc:
+            raise ProblemError(
+                503, "Service Unavailable", str(exc)[:300], slug="explainer-unavailable",
+                headers={"Retry-After": "5"},
+            ) from None  # fmt: skip
+        except LookupError as exc:
+            raise ProblemError(
+                404, "Not Found", str(exc)[:300], slug="not-explainable", message_key=key
+            ) from None
+        return JSONResponse(explanation)
 
     @api.post(
         "/v1/feedback",

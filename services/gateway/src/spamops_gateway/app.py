@@ -33,7 +33,7 @@ from spamops_runtime.service import service_app, service_broker
 from spamops_schemas import EmailClassified, EventDecodeError, decode_event
 from spamops_schemas.topics import DLQ_SUFFIX, EMAILS_INBOX, EMAILS_VERDICTS
 
-from spamops_gateway.adapters import KafkaFeedback, KafkaInbox, RedisOutcomes
+from spamops_gateway.adapters import KafkaFeedback, KafkaInbox, MlflowExplainer, RedisOutcomes
 from spamops_gateway.api import create_api
 from spamops_gateway.handlers import (
     SERVICE,
@@ -179,6 +179,7 @@ def build_app(settings: GatewaySettings | None = None) -> FastStream:
         store=store,
         pending=PendingReplies(settings.max_pending),
         verdict_timeout_s=settings.verdict_timeout_s,
+        explainer=MlflowExplainer(platform, platform.state_dir / "data" / "gateway"),
     )
     # Groups of this instance alone: every instance sees every verdict (its requests'
     # answers are spread over all partitions); the first start reads from the latest.

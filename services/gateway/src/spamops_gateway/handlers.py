@@ -103,6 +103,20 @@ class OutcomeStore(Protocol):
     async def ping(self) -> bool: ...
 
 
+class Explainer(Protocol):
+    """Why a verdict came out as it did (the deciding version's per-input contributions).
+
+    Returns the JSON-ready explanation; raises LookupError when the mail or the version
+    cannot be found, ``ExplainerUnavailableError`` while MLflow or Kafka is away.
+    """
+
+    async def explain(self, verdict: EmailClassified, *, top: int) -> dict[str, object]: ...
+
+
+class ExplainerUnavailableError(Exception):
+    """What an explanation needs (MLflow, Kafka) cannot be reached right now."""
+
+
 class OverloadedError(Exception):
     """Too many requests wait for a verdict in this instance."""
 
@@ -181,6 +195,7 @@ class GatewayDeps:
     pending: PendingReplies = field(default_factory=PendingReplies)
     verdict_timeout_s: float = 5.0
     publish_timeout_s: float = 10.0
+    explainer: Explainer | None = None  # None: the explanation route answers 501
 
 
 async def submit(
