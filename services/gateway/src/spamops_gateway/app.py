@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import uvicorn
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 from fastapi import FastAPI
 from faststream import FastStream
 from faststream.kafka import KafkaBroker
@@ -137,7 +138,10 @@ async def wait_assigned(broker: KafkaBroker, timeout_s: float = 60.0) -> None:
 
     A new group starts at the latest offset: the position is resolved here,
     before requests are accepted, so no verdict of an accepted request can
-    fall before it.
+    fall before it. That position is also committed for every partition the
+    group has no offset for yet: a partition with no record since the group
+    began would otherwise start at "latest" again after a restart, and skip
+    the verdicts that came while the instance was down (seen in a test).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -146,8 +150,13 @@ async def wait_assigned(broker: KafkaBroker, timeout_s: float = 60.0) -> None:
             if loop.time() > deadline:
                 raise TimeoutError("the gateway's consumers got no partitions")
             await asyncio.sleep(0.05)
+        starts: dict[TopicPartition, OffsetAndMetadata] = {}
         for tp in consumer.assignment():
-            await consumer.position(tp)
+            position = await consumer.position(tp)
+            if await consumer.committed(tp) is None:
+                starts[tp] = OffsetAndMetadata(position, "")
+        if starts:
+            await consumer.commit(starts)
 
 
 def readiness_check(broker: KafkaBroker, store: RedisOutcomes) -> Callable[[], Any]:
