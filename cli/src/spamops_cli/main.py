@@ -25,6 +25,8 @@ from spamops_runtime.settings import PlatformSettings
 if TYPE_CHECKING:
     from spamops_schemas import Event, PromotionApproved
 
+    from spamops_cli.stack import ComponentStatus
+
 E = TypeVar("E", bound="Event")
 R = TypeVar("R")
 
@@ -202,8 +204,8 @@ def up(
         stack.up(settings, fresh=fresh, components=only)
     except stack.StackError as exc:
         raise _fail(str(exc)) from exc
-    _print_status(settings)
-    _result({"components": [dataclasses.asdict(item) for item in stack.status(settings)]})
+    components = _print_status(settings)
+    _result({"components": [dataclasses.asdict(item) for item in components]})
     if settings.kafka_secure:
         console.print(
             "Kafka: SASL/SCRAM and ACLs on. User commands take credentials from the "
@@ -261,7 +263,7 @@ def status(
     if _json_mode(as_json):
         print(json.dumps(overview(settings).as_dict(), indent=2, default=str))
         return
-    healthy = _print_status(settings)
+    healthy = all(item.ready for item in _print_status(settings))
     if watch:
         _watch(settings, interval=2.0)
         return
@@ -320,15 +322,15 @@ def _watch(settings: PlatformSettings, interval: float) -> None:
             time.sleep(interval)
 
 
-def _print_status(settings: PlatformSettings) -> bool:
+def _print_status(settings: PlatformSettings) -> list[ComponentStatus]:
+    """Print the component table; the components' status, read once."""
     from spamops_cli import stack
 
     table = Table(title=f"spamops stack ({settings.state_dir})")
     for column in ("component", "running", "ready", "pid", "restarts", "endpoint", "detail"):
         table.add_column(column)
-    healthy = True
-    for item in stack.status(settings):
-        healthy &= item.ready
+    components = stack.status(settings)
+    for item in components:
         table.add_row(
             item.name,
             "yes" if item.running else "no",
@@ -339,7 +341,7 @@ def _print_status(settings: PlatformSettings) -> bool:
             item.detail,
         )
     out.print(table)
-    return healthy
+    return components
 
 
 # ----------------------------------------------------------------- ingestion

@@ -7,12 +7,11 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from faststream.kafka import KafkaBroker
 from redis.exceptions import RedisError
-from spamops_features.explain import ModelFiles
 from spamops_runtime.kafka import H_ENVIRONMENT, publish_event, publish_raw
 from spamops_runtime.settings import PlatformSettings
 from spamops_schemas import EmailClassified, EmailLabeled, EventDecodeError, decode_event
@@ -25,6 +24,9 @@ from spamops_gateway.handlers import (
     Refusal,
     StoreUnavailableError,
 )
+
+if TYPE_CHECKING:  # the features library (Feast, XGBoost) loads on the first explanation
+    from spamops_features.explain import ModelFiles
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +151,7 @@ class MlflowExplainer:
 
     async def _model_files(self, model_name: str, version: int) -> ModelFiles:
         from mlflow.exceptions import MlflowException
+        from spamops_features.explain import ModelFiles
         from spamops_runtime.model_registry import download_version_files, is_not_found
 
         async with self._lock:  # one download per version, not one per request

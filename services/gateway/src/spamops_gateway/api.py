@@ -532,13 +532,7 @@ def create_api(
         try:
             outcome = await handlers.verdict(key, deps)
         except StoreUnavailableError:
-            raise ProblemError(
-                503,
-                "Service Unavailable",
-                "the verdict store is unreachable",
-                slug="store-unavailable",
-                headers={"Retry-After": "5"},
-            ) from None
+            raise _store_unavailable() from None
         if outcome is None:
             raise ProblemError(
                 404,
@@ -576,10 +570,7 @@ def create_api(
         try:
             outcome = await handlers.verdict(key, deps)
         except StoreUnavailableError:
-            raise ProblemError(
-                503, "Service Unavailable", "the verdict store is unreachable",
-                slug="store-unavailable", headers={"Retry-After": "5"},
-            ) from None  # fmt: skip
+            raise _store_unavailable() from None
         if not isinstance(outcome, EmailClassified):
             raise ProblemError(
                 404, "Not Found", f"no verdict for {key} to explain", slug="no-verdict",
@@ -667,6 +658,16 @@ def create_api(
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return api
+
+
+def _store_unavailable() -> ProblemError:
+    return ProblemError(
+        503,
+        "Service Unavailable",
+        "the verdict store is unreachable",
+        slug="store-unavailable",
+        headers={"Retry-After": "5"},
+    )
 
 
 def _kafka_unavailable(exc: BaseException) -> ProblemError:
